@@ -1,0 +1,1 @@
+"""LightningDataModules: FFHQ / image folders and manifests, GRMHD black holes, Navier-Stokes."""

@@ -1,0 +1,59 @@
+"""The prior contract (DESIGN.md section 3): every prior is used through ``denoise(x, sigma) = E[x0 | x]``
+for ``x = x0 + sigma n``; the score follows from Tweedie's formula."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class Prior(nn.Module):
+    """Base class: validates inputs, broadcasts sigma to ``[B]``, and derives the score."""
+
+    def __init__(self, event_shape: Sequence[int]):
+        super().__init__()
+        self.event_shape = tuple(int(s) for s in event_shape)
+
+    def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        return self._denoise(x, self._check(x, sigma))
+
+    def score(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        """Tweedie: grad log p_sigma(x) = (E[x0 | x] - x) / sigma^2."""
+        sig = self._check(x, sigma)
+        if bool((sig == 0).any()):
+            raise ValueError("score is undefined at sigma = 0; use a small positive sigma.")
+        return (self._denoise(x, sig) - x) / sig.view(-1, *([1] * len(self.event_shape))) ** 2
+
+    def _denoise(self, x: Tensor, sigma: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """``x`` of shape ``[B, *event_shape]``, ``sigma`` a ``[B]`` tensor."""
+        raise NotImplementedError
+
+    def _check(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        name = type(self).__name__
+        if tuple(x.shape[1:]) != self.event_shape:
+            raise ValueError(f"{name}: x has shape {list(x.shape)}, expected [B, {', '.join(map(str, self.event_shape))}] "
+                             f"(the prior's event shape); check the image size and channel count of the problem.")
+        sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        if sig.dim() == 0:
+            sig = sig.expand(x.shape[0])
+        elif sig.dim() != 1 or sig.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"{name}: sigma must be a float or a [B] tensor with B = {x.shape[0]}, got shape {list(sig.shape)}.")
+        else:
+            sig = sig.expand(x.shape[0])
+        if bool(torch.isnan(sig).any()) or bool((sig < 0).any()):
+            raise ValueError(f"{name}: sigma must be >= 0 and not NaN, got {sig.tolist()[:4]}.")
+        return sig
+
+
+class DenoiserPrior(Prior):
+    """A prior given by a denoiser network ``D(x, sigma)`` (an EDM preconditioner, or a VP epsilon network
+    behind ``VPEpsilonDenoiser``). ``sigma_min`` / ``sigma_max`` are the range it was trained on."""
+
+    def __init__(self, denoiser: nn.Module, event_shape: Sequence[int], sigma_min: float = 0.002, sigma_max: float = 80.0):
+        super().__init__(event_shape)
+        self.denoiser = denoiser
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    def _denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.denoiser(x, sigma)

@@ -1,0 +1,101 @@
+"""The sampler contract (DESIGN.md section 5).
+
+A sampler's ``__init__`` takes only its hyperparameters; ``sample(y, operator, prior, num_samples,
+generator, callback)`` returns ``[num_samples * B, ...]`` posterior samples in sample-major order
+(``out.view(num_samples, B, ...)``: draw s of measurement b is ``out[s * B + b]``). Each sampler counts
+what it spent in ``self.cost`` (reset at every call) and declares what it needs from the operator and
+the prior in ``requires``; ``check(operator, prior)`` fails fast, before any work, naming the algorithm,
+the missing capability and the algorithms that would work.
+"""
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..diffusion import Cost
+from ..operators.base import Operator
+
+# step, number of steps, current iterate
+Callback = Callable[[int, int, Tensor], None]
+
+CAPABILITIES = {
+    "differentiable": "a differentiable forward model (gradients through the operator)",
+    "linear": "a linear forward model",
+    "svd": "a linear forward model with a singular value decomposition",
+    "latent": "a latent prior (with encode / decode)",
+}
+
+SAMPLERS: dict[str, type["Sampler"]] = {}
+
+
+def capabilities(operator: Operator, prior=None) -> set[str]:
+    caps = set()
+    if operator.differentiable:
+        caps.add("differentiable")
+    if operator.linear:
+        caps.add("linear")
+        if operator.has_svd:
+            caps.add("svd")
+    if prior is not None and hasattr(prior, "encode") and hasattr(prior, "decode"):
+        caps.add("latent")
+    return caps
+
+
+class Sampler:
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            SAMPLERS[cls.__name__] = cls
+
+    def __init__(self) -> None:
+        self.cost = Cost()
+
+    def check(self, operator: Operator, prior=None) -> None:
+        have = capabilities(operator, prior)
+        missing = sorted(self.requires - have)
+        if missing:
+            works = sorted(name for name, cls in SAMPLERS.items() if cls.requires <= have)
+            needs = "; ".join(CAPABILITIES[m] for m in missing)
+            raise ValueError(f"{type(self).__name__} cannot run on {type(operator).__name__} with {type(prior).__name__}: "
+                             f"it needs {needs}. Samplers that work here: {', '.join(works) or 'none'}.")
+
+    def sample(self, y: Tensor, operator: Operator, prior, num_samples: int = 1,
+               generator: torch.Generator | None = None, callback: Callback | None = None) -> Tensor:
+        self.check(operator, prior)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.cost = Cost()
+        out = self._sample(y, operator, prior, num_samples, generator, callback)
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError(f"{type(self).__name__} produced NaN/Inf samples; lower the step size or guidance "
+                                     f"scale, or check the measurement and the noise level.")
+        return out
+
+    def _sample(self, y: Tensor, operator: Operator, prior, num_samples: int, generator, callback) -> Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def repeat_measurement(y: Tensor, num_samples: int) -> Tensor:
+    """Sample-major copy of the measurements: ``[num_samples * B, ...]``."""
+    return y.repeat(num_samples, *([1] * (y.dim() - 1)))
+
+
+def randn(shape, generator: torch.Generator | None, like: Tensor | None = None, dtype=None, device=None) -> Tensor:
+    """Gaussian noise drawn on the generator's device (seeded reproducibility) and moved to ``device``."""
+    dtype = dtype or (like.dtype if like is not None else torch.float32)
+    device = device or (like.device if like is not None else None)
+    gen_device = generator.device if generator is not None else "cpu"
+    return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=gen_device).to(device)
+
+
+def posterior_stats(samples: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
+    """Posterior mean and standard deviation per measurement from sample-major draws ``[num_samples * B, ...]``
+    (the unbiased std; zero when there is a single draw)."""
+    s = samples.reshape(num_samples, -1, *samples.shape[1:])
+    std = s.std(0, unbiased=True) if num_samples > 1 else torch.zeros_like(s[0])
+    return s.mean(0), std
