@@ -1,6 +1,18 @@
-"""Forward models (DESIGN.md section 4)."""
+"""Forward models (DESIGN.md section 4): image restoration, Navier-Stokes, black-hole interferometry."""
 from .base import Operator, conjugate_gradient, dense_matrix
+from .blackhole import BlackHoleImaging, ClosureNoise
+from .blur import (CircularConvolution, CircularGaussianBlur, CircularMotionBlur, Convolution, GaussianBlur, MotionBlur,
+                   NonlinearBlur)
+from .image import Inpainting, Masking, PhaseRetrieval
 from .linear import MatrixOperator
+from .navier_stokes import NavierStokes
 from .noise import GaussianNoise, NoiseModel, PoissonNoise
+from .resize import BicubicSuperResolution, PoolingSuperResolution, SeparableOperator
 
-__all__ = ["Operator", "MatrixOperator", "NoiseModel", "GaussianNoise", "PoissonNoise", "conjugate_gradient", "dense_matrix"]
+__all__ = [
+    "Operator", "MatrixOperator", "NoiseModel", "GaussianNoise", "PoissonNoise", "ClosureNoise",
+    "BicubicSuperResolution", "PoolingSuperResolution", "SeparableOperator",
+    "Convolution", "CircularConvolution", "GaussianBlur", "CircularGaussianBlur", "MotionBlur", "CircularMotionBlur",
+    "NonlinearBlur", "Masking", "Inpainting", "PhaseRetrieval", "NavierStokes", "BlackHoleImaging",
+    "conjugate_gradient", "dense_matrix",
+]

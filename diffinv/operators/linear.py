@@ -25,12 +25,18 @@ class MatrixOperator(Operator):
             raise ValueError(f"MatrixOperator: input_shape {input_shape} has not d = {d} entries.")
         super().__init__(input_shape, noise)
         self.register_buffer("matrix", matrix.clone())
-        U, S, Vh = torch.linalg.svd(matrix, full_matrices=True)
-        s = torch.zeros(d, dtype=matrix.dtype)
-        s[: S.numel()] = S
-        self.register_buffer("_U", U)      # [d_y, d_y]
-        self.register_buffer("_s", s)      # [d]
-        self.register_buffer("_Vh", Vh)    # [d, d]
+        self._svd_cache: tuple = ()
+
+    def _svd(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``U [d_y, d_y]``, ``s [d]`` (zero-padded), ``Vh [d, d]`` of the current matrix, computed in float64
+        once per dtype / device (so a module moved to float64 gets a float64-accurate SVD)."""
+        key = (self.matrix.dtype, self.matrix.device, self.matrix.data_ptr())
+        if not self._svd_cache or self._svd_cache[0] != key:
+            U, S, Vh = torch.linalg.svd(self.matrix.double(), full_matrices=True)
+            s = torch.zeros(self.input_dim, dtype=torch.float64, device=S.device)
+            s[: S.numel()] = S
+            self._svd_cache = (key, *(t.to(self.matrix.dtype) for t in (U, s, Vh)))
+        return self._svd_cache[1:]
 
     @classmethod
     def random(cls, d_y: int, d: int, generator: torch.Generator | None = None, noise: NoiseModel | None = None,
@@ -40,25 +46,26 @@ class MatrixOperator(Operator):
         return cls(a.to(dtype), noise=noise)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.reshape(x.shape[0], -1) @ self.matrix.T
+        return self.check_input(x).reshape(x.shape[0], -1) @ self.matrix.T
 
     def adjoint(self, y: Tensor) -> Tensor:
         return (y @ self.matrix).reshape(y.shape[0], *self.input_shape)
 
     def singulars(self) -> Tensor:
-        return self._s.unsqueeze(0)
+        return self._svd()[1].unsqueeze(0)
 
     def Vt(self, x: Tensor) -> Tensor:
-        return x.reshape(x.shape[0], -1) @ self._Vh.T
+        return x.reshape(x.shape[0], -1) @ self._svd()[2].T
 
     def V(self, c: Tensor) -> Tensor:
-        return (c @ self._Vh).reshape(c.shape[0], *self.input_shape)
+        return (c @ self._svd()[2]).reshape(c.shape[0], *self.input_shape)
 
     def Ut(self, y: Tensor) -> Tensor:
-        c = y @ self._U
+        c = y @ self._svd()[0]
         d = self.input_dim
         return c[:, :d] if c.shape[1] >= d else torch.nn.functional.pad(c, (0, d - c.shape[1]))
 
     def U(self, c: Tensor) -> Tensor:
-        r = min(self._U.shape[0], self.input_dim)
-        return c[:, :r] @ self._U[:, :r].T
+        U = self._svd()[0]
+        r = min(U.shape[0], self.input_dim)
+        return c[:, :r] @ U[:, :r].T

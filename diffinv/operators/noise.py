@@ -16,7 +16,7 @@ def _per_sample_sum(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1).sum(dim=1)
 
 
-def _check_finite(name: str, y: Tensor) -> None:
+def check_finite(name: str, y: Tensor) -> None:
     if not torch.isfinite(y).all():
         raise ValueError(f"{name}: the measurement contains NaN or Inf; check the input x and the operator.")
 
@@ -43,7 +43,7 @@ class GaussianNoise(NoiseModel):
         self.sigma = float(sigma)
 
     def forward(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_finite("GaussianNoise", y)
+        check_finite("GaussianNoise", y)
         if self.sigma == 0:
             return y.clone()
         n = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
@@ -74,7 +74,7 @@ class PoissonNoise(NoiseModel):
         return self.rate * ((y + 1.0) / 2.0).clamp_min(0.0)
 
     def forward(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_finite("PoissonNoise", y)
+        check_finite("PoissonNoise", y)
         k = torch.poisson(self._counts(y), generator=generator)
         return 2.0 * k / self.rate - 1.0
 

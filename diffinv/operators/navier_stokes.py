@@ -1,0 +1,362 @@
+"""2-D incompressible Navier–Stokes on the torus: the forward model of the EnKG / InverseBench fluid problem.
+
+Physics (vorticity form, periodic square [0, 2 pi]^2; Zheng et al. 2024 "EnKG", section 5.2; Zheng et al.
+2025 "InverseBench", appendix on Navier–Stokes):
+
+    w_t + u . grad(w) = nu Lap(w) + f,      nu = 1 / Re,   Re = 200                        (1)
+    -Lap(psi) = w,   u = (psi_y, -psi_x)                                                     (2)
+    f(x, y) = -A cos(k_f y),   A = 4, k_f = 4  (Kolmogorov forcing)                           (3)
+
+Axis convention (the reference's ``meshgrid(t, t, indexing='ij')``): a field ``w[..., i, j]`` is
+``w(x_i, y_j)`` with ``x_i = 2 pi i / N`` along the first spatial axis (dim -2) and ``y_j = 2 pi j / N``
+along the second (dim -1); the forcing (3) varies along dim -1.
+
+Discretisation (the reference's pseudo-spectral scheme, re-derived here):
+* Fourier in space with ``rfft2``; ``d/dx -> i k_x``, ``d/dy -> i k_y`` with the Nyquist wavenumber of
+  first derivatives set to 0; ``-Lap -> |k|^2``.
+* The advection term is evaluated in conservative form, ``u . grad w = div(u w)`` (div u = 0), from the
+  de-aliased vorticity: ``N(w) = -i k . FFT(u w) + f_hat`` with ``u`` and ``w`` built from ``mask * w_hat``.
+  ``dealias="two_thirds"`` (default) is Orszag's 2/3 rule: the fields are truncated to
+  ``|k_x|, |k_y| <= N / 3`` and so is the advection term (the modes of the product above N / 3 hold the
+  aliasing errors); modes above N / 3 then only decay by viscosity, and the retained modes are an exact
+  Galerkin truncation. ``dealias="inversebench"`` is the reference: its mask is the disc
+  ``k_x^2 + k_y^2 <= 2 (N / 3)^2`` (reaching 0.47 N along the axes, so some aliasing remains), applied to
+  the fields only, so aliased products accumulate in the highest modes as grid-scale noise. Both
+  masks zero the mean mode, so the mean vorticity is never advected and is conserved exactly.
+* Time stepping, Crank–Nicolson for the diffusion and Heun (explicit trapezoid) for N, with
+  ``a = dt nu |k|^2 / 2``:
+      w~      = ((1 - a) w^n + dt N(w^n)) / (1 + a)                                          (4a)
+      w^{n+1} = ((1 - a) w^n + dt (N(w^n) + N(w~)) / 2) / (1 + a)                             (4b)
+  second order in dt; a single Fourier mode (no advection) is damped by the (1,1) Padé factor
+  (1 - a) / (1 + a) of exp(-2a).
+
+Time step. The reference takes ``dt = min(0.5 h / max|u|, 0.5 h^2 / mu)`` with ``h = 1 / N`` (not the grid
+spacing 2 pi / N) and ``mu = nu sqrt(max|f|)`` (``nu`` without forcing), recomputed every step, and with
+the maximum over the *whole batch*, so one sample's result depends on the others; its last step is cut
+to land on T. Here every sample has its own step, and each step is
+
+    dt_i = r_i / ceil(r_i / dt_cfl,i)                                                        (5)
+
+with ``r_i`` the time still to go and ``dt_cfl,i`` the reference's bound for that sample's current
+velocity (taken from the de-aliased velocity that N(w^n) computes anyway). So ``dt_i <= dt_cfl,i``, the
+last step lands exactly on T, and ``dt_i`` is *piecewise constant* in the initial field (it only
+changes when a ceil jumps): detaching it from autograd is then the exact derivative almost everywhere,
+and finite differences (gradcheck) agree with backprop. Samples that have arrived leave the batch
+(the batch is compacted), so a batch of 64 costs the slowest sample's step count on a shrinking batch.
+A fixed step is available too (``dt=...``): ``n = ceil(T / dt)`` equal steps of ``T / n``.
+
+Units: the operator's input is the prior's field, physical vorticity / ``scale`` (``scale = 10``,
+DESIGN.md section 2); the output ``w(T)[..., ::ds, ::ds]`` and the noise sigma are physical vorticity.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import Operator
+from .noise import GaussianNoise, NoiseModel
+
+_DEALIAS = ("two_thirds", "inversebench")
+
+
+@dataclass
+class _Spectral:
+    """Precomputed spectral multipliers for one (dtype, device); shapes broadcast against ``[B, N, N//2+1]``."""
+
+    ikx: Tensor          # i k_x, Nyquist zeroed  (complex)                  [N, 1]
+    iky: Tensor          # i k_y, Nyquist zeroed  (complex)                  [1, M]
+    nu_lap: Tensor       # nu |k|^2                 (real)                   [N, M]
+    inv_lap: Tensor      # 1 / |k|^2, 0 at k = 0    (real)                   [N, M]
+    to_fields: Tensor    # w_hat -> (w, u_x, u_y)_hat, de-aliased (complex) [3, N, M]
+    neg_div: Tensor      # (F_x, F_y)_hat -> -div F, times the 2/3 mask for "two_thirds" (complex) [2, N, M]
+    forcing: Tensor | None  # f_hat (complex) or None                      [N, M]
+
+
+class NavierStokes2DSolver:
+    """Batched pseudo-spectral solver of (1)-(3) on an ``N x N`` grid of [0, 2 pi]^2.
+
+    ``solve(w0, T)`` takes ``w0`` of shape ``[B, N, N]`` (physical vorticity), returns ``w(T)`` of the same
+    shape, dtype and device, differentiable through torch autograd and usable under ``torch.no_grad()``.
+    Spectral multipliers are built lazily for each dtype / device the solver meets.
+
+    Args:
+        resolution: N (even, >= 4).
+        reynolds: Re; nu = 1 / Re.
+        forcing_amplitude, forcing_wavenumber: A and k_f of (3) (amplitude 0: unforced).
+        dt: None for the adaptive step (5), or a fixed step (rounded down so that it divides T).
+        cfl: the 0.5 of the reference's bound, applied to both terms of it.
+        dealias: "two_thirds" or "inversebench" (see the module docstring).
+        max_steps: per-sample step limit (None: unlimited); exceeding it raises a RuntimeError.
+        chunk_size: samples advanced together. None: the whole batch on GPU; on CPU, chunks of about
+            2^16 grid points (4 fields at 128 x 128), which keeps the working set in cache: per-sample cost
+            on CPU is FFT-bound, so larger CPU batches only lose to memory traffic. Results do not
+            depend on it (samples are independent).
+    """
+
+    def __init__(self, resolution: int, reynolds: float = 200.0, forcing_amplitude: float = 4.0,
+                 forcing_wavenumber: int = 4, dt: float | None = None, cfl: float = 0.5,
+                 dealias: str = "two_thirds", max_steps: int | None = None, chunk_size: int | None = None):
+        if not (isinstance(resolution, int) and resolution >= 4 and resolution % 2 == 0):
+            raise ValueError(f"NavierStokes2DSolver: resolution must be an even int >= 4, got {resolution!r}.")
+        if not (math.isfinite(reynolds) and reynolds > 0):
+            raise ValueError(f"NavierStokes2DSolver: reynolds must be > 0, got {reynolds!r}.")
+        if not math.isfinite(forcing_amplitude):
+            raise ValueError(f"NavierStokes2DSolver: forcing_amplitude must be finite, got {forcing_amplitude!r}.")
+        if not isinstance(forcing_wavenumber, int) or not 0 <= forcing_wavenumber < resolution // 2:
+            raise ValueError(f"NavierStokes2DSolver: forcing_wavenumber must be an int in [0, N/2), got "
+                             f"{forcing_wavenumber!r} for N = {resolution}.")
+        if dt is not None and not (math.isfinite(dt) and dt > 0):
+            raise ValueError(f"NavierStokes2DSolver: dt must be > 0 or None (adaptive), got {dt!r}.")
+        if not (math.isfinite(cfl) and cfl > 0):
+            raise ValueError(f"NavierStokes2DSolver: cfl must be > 0, got {cfl!r}.")
+        if dealias not in _DEALIAS:
+            raise ValueError(f"NavierStokes2DSolver: dealias must be one of {_DEALIAS}, got {dealias!r}.")
+        if max_steps is not None and not (isinstance(max_steps, int) and max_steps > 0):
+            raise ValueError(f"NavierStokes2DSolver: max_steps must be a positive int or None, got {max_steps!r}.")
+        if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size > 0):
+            raise ValueError(f"NavierStokes2DSolver: chunk_size must be a positive int or None, got {chunk_size!r}.")
+        self.chunk_size = chunk_size
+        self.resolution = resolution
+        self.reynolds = float(reynolds)
+        self.nu = 1.0 / self.reynolds
+        self.forcing_amplitude = float(forcing_amplitude)
+        self.forcing_wavenumber = forcing_wavenumber
+        self.dt = None if dt is None else float(dt)
+        self.cfl = float(cfl)
+        self.dealias = dealias
+        self.max_steps = max_steps
+        # the reference's step bound: h = 1 / N and mu = nu sqrt(max|f|) (nu when unforced)
+        self._h = 1.0 / resolution
+        forced = self.forcing_amplitude != 0 and self.forcing_wavenumber != 0
+        self._mu = self.nu * (math.sqrt(abs(self.forcing_amplitude)) if forced else 1.0)
+        self._forced = forced
+        self._cache: dict[tuple, _Spectral] = {}
+
+    # ------------------------------------------------------------------ spectral set-up
+    def grid(self, dtype: torch.dtype = torch.float64, device=None) -> tuple[Tensor, Tensor]:
+        """Coordinates ``(X, Y)`` of shape ``[N, N]``, ``X`` varying along dim -2 and ``Y`` along dim -1."""
+        t = torch.arange(self.resolution, dtype=torch.float64, device=device) * (2 * math.pi / self.resolution)
+        x, y = torch.meshgrid(t, t, indexing="ij")
+        return x.to(dtype), y.to(dtype)
+
+    def forcing(self, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+        """The forcing field (3), ``[N, N]``."""
+        _, y = self.grid(torch.float64, device)
+        return (-self.forcing_amplitude * torch.cos(self.forcing_wavenumber * y)).to(dtype)
+
+    def _spectral(self, dtype: torch.dtype, device) -> _Spectral:
+        key = (dtype, str(device))
+        if key in self._cache:
+            return self._cache[key]
+        n = self.resolution
+        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        kx = torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64, device=device)[:, None]   # [N, 1]
+        ky = torch.fft.rfftfreq(n, d=1.0 / n, dtype=torch.float64, device=device)[None, :]  # [1, M]
+        lap = kx**2 + ky**2                                          # -Lap -> |k|^2 (Nyquist kept, as the reference)
+        inv_lap = torch.where(lap > 0, 1.0 / lap.clamp_min(1.0), torch.zeros_like(lap))
+        kx_d = torch.where(kx.abs() == n // 2, torch.zeros_like(kx), kx)  # first derivatives: Nyquist -> 0
+        ky_d = torch.where(ky.abs() == n // 2, torch.zeros_like(ky), ky)
+        if self.dealias == "two_thirds":
+            mask = (kx.abs() <= n / 3) & (ky.abs() <= n / 3)
+        else:
+            mask = lap <= 2 * (n / 3) ** 2
+        mask = mask.to(torch.float64)
+        mask[0, 0] = 0.0                                             # the mean is never advected
+        ikx, iky = 1j * kx_d, 1j * ky_d
+        # w_hat -> de-aliased (w, u_x = psi_y, u_y = -psi_x) with psi_hat = w_hat / |k|^2, eq. (2)
+        to_fields = torch.stack([mask * torch.ones_like(lap), mask * iky * inv_lap, -mask * ikx * inv_lap])
+        # flux (u_x w, u_y w)_hat -> -div(u w)_hat; the 2/3 rule also truncates the product (its modes
+        # above N / 3 hold the aliasing errors); the reference keeps them
+        out_mask = mask if self.dealias == "two_thirds" else torch.ones_like(lap)
+        neg_div = torch.stack([-ikx * out_mask, -iky * out_mask])
+        f_hat = torch.fft.rfft2(self.forcing(torch.float64, device)) if self._forced else None
+        spec = _Spectral(
+            ikx=ikx.to(cdtype), iky=iky.to(cdtype), nu_lap=(self.nu * lap).to(dtype), inv_lap=inv_lap.to(dtype),
+            to_fields=to_fields.to(cdtype), neg_div=neg_div.to(cdtype),
+            forcing=None if f_hat is None else f_hat.to(cdtype),
+        )
+        self._cache[key] = spec
+        return spec
+
+    # ------------------------------------------------------------------ physics
+    def velocity(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """Velocity ``(u_x, u_y) = (psi_y, -psi_x)`` of a vorticity field ``[B, N, N]`` (no de-aliasing)."""
+        spec = self._spectral(w.dtype, w.device)
+        n = self.resolution
+        w_hat = torch.fft.rfft2(w)
+        psi_hat = spec.inv_lap * w_hat
+        ux = torch.fft.irfft2(spec.iky * psi_hat, s=(n, n))
+        uy = torch.fft.irfft2(-spec.ikx * psi_hat, s=(n, n))
+        return ux, uy
+
+    def _rhs(self, w_hat: Tensor, spec: _Spectral, speed: bool = False):
+        """``N(w) = -div(u w) + f`` in Fourier space; with ``speed=True`` also max|u| per sample (numpy, [B])."""
+        n = self.resolution
+        fields = torch.fft.irfft2(w_hat.unsqueeze(1) * spec.to_fields, s=(n, n))     # [B, 3, N, N]: w, u_x, u_y
+        vel = fields[:, 1:]
+        flux_hat = torch.fft.rfft2(vel * fields[:, :1])                                # [B, 2, N, M]: (u_x w, u_y w)
+        out = (flux_hat * spec.neg_div).sum(1)
+        if spec.forcing is not None:
+            out = out + spec.forcing
+        if not speed:
+            return out
+        with torch.no_grad():
+            umax = vel.detach().square().sum(1).amax(dim=(-2, -1)).sqrt()
+        return out, umax.cpu().numpy().astype(np.float64)
+
+    def _cfl_step(self, speed: np.ndarray) -> np.ndarray:
+        """The reference's bound min(cfl h / max|u|, cfl h^2 / mu), per sample (float64)."""
+        diffusive = self.cfl * self._h**2 / self._mu
+        with np.errstate(divide="ignore"):
+            advective = np.where(speed > 0, self.cfl * self._h / speed, np.inf)
+        return np.minimum(advective, diffusive)
+
+    def _step(self, w_hat: Tensor, dt, rhs1: Tensor, spec: _Spectral) -> Tensor:
+        """Eq. (4): one Crank–Nicolson / Heun step; ``dt`` a float or a per-sample ``[B, 1, 1]`` tensor."""
+        a = (0.5 * dt) * spec.nu_lap
+        explicit = (1.0 - a) * w_hat
+        denom = torch.reciprocal(1.0 + a)
+        w_tilde = (explicit + dt * rhs1) * denom                                       # (4a)
+        rhs2 = self._rhs(w_tilde, spec)
+        return (explicit + (0.5 * dt) * (rhs1 + rhs2)) * denom                         # (4b)
+
+    def solve(self, w0: Tensor, t: float, return_steps: bool = False):
+        """Evolve ``w0`` ``[B, N, N]`` for time ``t``; returns ``w(t)`` (and the per-sample step counts, a CPU long tensor ``[B]``)."""
+        n = self.resolution
+        if w0.dim() != 3 or tuple(w0.shape[1:]) != (n, n):
+            raise ValueError(f"NavierStokes2DSolver: expected w0 of shape [B, {n}, {n}], got {list(w0.shape)}.")
+        if not w0.is_floating_point() or w0.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"NavierStokes2DSolver: w0 must be float32 or float64, got {w0.dtype}.")
+        if not (math.isfinite(t) and t >= 0):
+            raise ValueError(f"NavierStokes2DSolver: time must be a finite number >= 0, got {t!r}.")
+        batch = w0.shape[0]
+        if t == 0 or batch == 0:
+            steps = torch.zeros(batch, dtype=torch.long)
+            return (w0.clone(), steps) if return_steps else w0.clone()
+        spec = self._spectral(w0.dtype, w0.device)
+        chunk = self.chunk_size
+        if chunk is None:
+            chunk = batch if w0.device.type != "cpu" else max(1, 2**16 // n**2)
+        outs, step_list = [], []
+        for start in range(0, batch, chunk):
+            w_hat = torch.fft.rfft2(w0[start:start + chunk])
+            if self.dt is not None:
+                w_hat, steps = self._solve_fixed(w_hat, float(t), spec)
+            else:
+                w_hat, steps = self._solve_adaptive(w_hat, float(t), spec)
+            outs.append(torch.fft.irfft2(w_hat, s=(n, n)))
+            step_list.append(steps)
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        steps = torch.from_numpy(np.concatenate(step_list))
+        if not torch.isfinite(out).all():
+            raise RuntimeError("NavierStokes2DSolver: the solution is not finite (the flow blew up); use the "
+                               "adaptive step (dt=None) or a smaller fixed dt.")
+        return (out, steps) if return_steps else out
+
+    def _solve_fixed(self, w_hat: Tensor, t: float, spec: _Spectral):
+        num = max(1, math.ceil(t / self.dt - 1e-9))
+        if self.max_steps is not None and num > self.max_steps:
+            raise RuntimeError(f"NavierStokes2DSolver: {num} steps of dt = {self.dt} exceed max_steps = {self.max_steps}.")
+        dt = t / num
+        for _ in range(num):
+            w_hat = self._step(w_hat, dt, self._rhs(w_hat, spec), spec)
+        return w_hat, np.full(w_hat.shape[0], num, dtype=np.int64)
+
+    def _solve_adaptive(self, w_hat: Tensor, t: float, spec: _Spectral):
+        # per-sample bookkeeping in numpy float64: a few microseconds a step whatever the batch
+        batch, device = w_hat.shape[0], w_hat.device
+        remaining = np.full(batch, t, dtype=np.float64)
+        steps = np.zeros(batch, dtype=np.int64)
+        active = np.arange(batch)                               # original indices of the samples still running
+        done_idx: list[np.ndarray] = []
+        done_w: list[Tensor] = []
+        while active.size > 0:
+            rhs1, speed = self._rhs(w_hat, spec, speed=True)
+            r = remaining[active]
+            dt = r / np.ceil(r / self._cfl_step(speed))        # eq. (5): piecewise constant in w0, no gradient
+            w_hat = self._step(w_hat, torch.from_numpy(dt).to(device=device, dtype=spec.nu_lap.dtype)[:, None, None],
+                               rhs1, spec)
+            remaining[active] = r - dt                          # exactly 0 after the last step (dt = r)
+            steps[active] += 1
+            if self.max_steps is not None and steps.max() > self.max_steps:
+                raise RuntimeError(f"NavierStokes2DSolver: more than max_steps = {self.max_steps} steps; the flow is "
+                                   f"too fast for the CFL step (max speed {speed.max():.3g}).")
+            finished = remaining[active] <= 0
+            if finished.any():                                  # compact the batch
+                done_idx.append(active[finished])
+                done_w.append(w_hat[torch.from_numpy(finished).to(device)])
+                active = active[~finished]
+                w_hat = w_hat[torch.from_numpy(~finished).to(device)]
+        inverse = np.argsort(np.concatenate(done_idx))
+        w_all = torch.cat(done_w) if len(done_w) > 1 else done_w[0]
+        return w_all[torch.from_numpy(inverse).to(device)], steps
+
+
+class NavierStokes(Operator):
+    """Forward model of the EnKG / InverseBench Navier–Stokes problem: initial vorticity -> subsampled
+    vorticity at time ``time``.
+
+    Input ``[B, 1, N, N]``: initial vorticity in the prior's units (physical / ``scale``). Output
+    ``[B, 1, N / ds, N / ds]``: ``w(time)[..., ::ds, ::ds]`` in physical units; ``noise`` (default
+    ``GaussianNoise(0)``) has its sigma in physical units (the reference uses 0, 1, 2).
+    Nonlinear and differentiable (autograd through the solver); derivative-free samplers call it
+    under ``torch.no_grad()``. Solver options are those of :class:`NavierStokes2DSolver`.
+    """
+
+    linear = False
+    differentiable = True
+
+    def __init__(self, resolution: int = 128, time: float = 1.0, downsample: int = 2, scale: float = 10.0,
+                 reynolds: float = 200.0, noise: NoiseModel | None = None, dt: float | None = None,
+                 cfl: float = 0.5, dealias: str = "two_thirds", forcing_amplitude: float = 4.0,
+                 forcing_wavenumber: int = 4, max_steps: int | None = None, chunk_size: int | None = None):
+        if not (isinstance(resolution, int) and resolution >= 4 and resolution % 2 == 0):
+            raise ValueError(f"NavierStokes: resolution must be an even int >= 4, got {resolution!r}.")
+        if not (isinstance(downsample, int) and downsample >= 1 and resolution % downsample == 0):
+            raise ValueError(f"NavierStokes: downsample must be a positive int dividing resolution = {resolution}, "
+                             f"got {downsample!r} (e.g. 2, 4 or 8).")
+        if not (math.isfinite(time) and time > 0):
+            raise ValueError(f"NavierStokes: time must be a finite number > 0, got {time!r}.")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"NavierStokes: scale must be > 0 (physical = scale * prior units), got {scale!r}.")
+        super().__init__((1, resolution, resolution), noise if noise is not None else GaussianNoise(0.0))
+        self.resolution = resolution
+        self.time = float(time)
+        self.downsample = downsample
+        self.scale = float(scale)
+        self.solver = NavierStokes2DSolver(resolution, reynolds=reynolds, forcing_amplitude=forcing_amplitude,
+                                           forcing_wavenumber=forcing_wavenumber, dt=dt, cfl=cfl,
+                                           dealias=dealias, max_steps=max_steps, chunk_size=chunk_size)
+        self.last_steps: Tensor | None = None   # per-sample solver steps of the last call (cost accounting)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        m = self.resolution // self.downsample
+        return (1, m, m)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.check_input(x)
+        w_t, steps = self.solver.solve(self.scale * x[:, 0], self.time, return_steps=True)
+        self.last_steps = steps
+        ds = self.downsample
+        return w_t[:, None, ::ds, ::ds]
+
+    def extra_repr(self) -> str:
+        s = self.solver
+        return (f"resolution={self.resolution}, time={self.time}, downsample={self.downsample}, scale={self.scale}, "
+                f"reynolds={s.reynolds}, dt={'adaptive' if s.dt is None else s.dt}, dealias={s.dealias}")
+
+
+def relative_l2(x_hat: Tensor, x_true: Tensor) -> Tensor:
+    """Per-sample relative L2 error ``||x_hat - x_true|| / ||x_true||`` (``[B]``), the Navier–Stokes metric of
+    EnKG / InverseBench. ``x_true`` may have batch 1 and broadcast against ``x_hat`` (particles vs truth)."""
+    if x_hat.dim() < 1 or x_true.dim() != x_hat.dim():
+        raise ValueError(f"relative_l2: x_hat {list(x_hat.shape)} and x_true {list(x_true.shape)} must have the same rank.")
+    x_true = x_true.expand_as(x_hat)
+    diff = (x_hat - x_true).reshape(x_hat.shape[0], -1).norm(dim=1)
+    ref = x_true.reshape(x_true.shape[0], -1).norm(dim=1)
+    return diff / ref.clamp_min(torch.finfo(ref.dtype).tiny)
