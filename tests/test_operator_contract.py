@@ -7,10 +7,10 @@ import torch
 
 from diffinv.operators import GaussianNoise, MatrixOperator
 
-from .operator_checks import check_operator
-from .operators_bh import SMALL_OPERATORS as BLACKHOLE
-from .operators_image import SMALL_OPERATORS as IMAGE
-from .operators_ns import SMALL_OPERATORS as NAVIER_STOKES
+from operator_checks import check_operator
+from operators_bh import SMALL_OPERATORS as BLACKHOLE
+from operators_image import SMALL_OPERATORS as IMAGE
+from operators_ns import SMALL_OPERATORS as NAVIER_STOKES
 
 DENSE = [
     ("matrix_underdetermined", lambda: MatrixOperator.random(4, 8, torch.Generator().manual_seed(0), GaussianNoise(0.1))),
