@@ -5,7 +5,8 @@ from .blur import (CircularConvolution, CircularGaussianBlur, CircularMotionBlur
                    NonlinearBlur)
 from .image import Inpainting, Masking, PhaseRetrieval
 from .linear import MatrixOperator
-from .navier_stokes import NavierStokes
+from .navier_stokes import NavierStokes, NavierStokes2DSolver, relative_l2
+from .random_fields import GaussianRandomField
 from .noise import GaussianNoise, NoiseModel, PoissonNoise
 from .resize import BicubicSuperResolution, PoolingSuperResolution, SeparableOperator
 
@@ -13,6 +14,6 @@ __all__ = [
     "Operator", "MatrixOperator", "NoiseModel", "GaussianNoise", "PoissonNoise", "ClosureNoise",
     "BicubicSuperResolution", "PoolingSuperResolution", "SeparableOperator",
     "Convolution", "CircularConvolution", "GaussianBlur", "CircularGaussianBlur", "MotionBlur", "CircularMotionBlur",
-    "NonlinearBlur", "Masking", "Inpainting", "PhaseRetrieval", "NavierStokes", "BlackHoleImaging",
+    "NonlinearBlur", "Masking", "Inpainting", "PhaseRetrieval", "NavierStokes", "NavierStokes2DSolver", "GaussianRandomField", "relative_l2", "BlackHoleImaging",
     "conjugate_gradient", "dense_matrix",
 ]

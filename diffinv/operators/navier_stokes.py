@@ -1,7 +1,8 @@
 """2-D incompressible Navier–Stokes on the torus: the forward model of the EnKG / InverseBench fluid problem.
 
-Physics (vorticity form, periodic square [0, 2 pi]^2; Zheng et al. 2024 "EnKG", section 5.2; Zheng et al.
-2025 "InverseBench", appendix on Navier–Stokes):
+Physics (vorticity form, periodic square [0, 2 pi]^2; the Navier–Stokes problem of Zheng et al. 2024,
+"Ensemble Kalman Diffusion Guidance" (arXiv:2409.20175) and of InverseBench (Zheng et al., ICLR 2025);
+reference solver: devzhk/enkg-pytorch, ``inverse_problems/navier_stokes.py``):
 
     w_t + u . grad(w) = nu Lap(w) + f,      nu = 1 / Re,   Re = 200                        (1)
     -Lap(psi) = w,   u = (psi_y, -psi_x)                                                     (2)
@@ -106,8 +107,8 @@ class NavierStokes2DSolver:
             raise ValueError(f"NavierStokes2DSolver: reynolds must be > 0, got {reynolds!r}.")
         if not math.isfinite(forcing_amplitude):
             raise ValueError(f"NavierStokes2DSolver: forcing_amplitude must be finite, got {forcing_amplitude!r}.")
-        if not isinstance(forcing_wavenumber, int) or not 0 <= forcing_wavenumber < resolution // 2:
-            raise ValueError(f"NavierStokes2DSolver: forcing_wavenumber must be an int in [0, N/2), got "
+        if not isinstance(forcing_wavenumber, int) or not 1 <= forcing_wavenumber < resolution // 2:
+            raise ValueError(f"NavierStokes2DSolver: forcing_wavenumber must be an int in [1, N/2), got "
                              f"{forcing_wavenumber!r} for N = {resolution}.")
         if dt is not None and not (math.isfinite(dt) and dt > 0):
             raise ValueError(f"NavierStokes2DSolver: dt must be > 0 or None (adaptive), got {dt!r}.")
@@ -131,7 +132,7 @@ class NavierStokes2DSolver:
         self.max_steps = max_steps
         # the reference's step bound: h = 1 / N and mu = nu sqrt(max|f|) (nu when unforced)
         self._h = 1.0 / resolution
-        forced = self.forcing_amplitude != 0 and self.forcing_wavenumber != 0
+        forced = self.forcing_amplitude != 0
         self._mu = self.nu * (math.sqrt(abs(self.forcing_amplitude)) if forced else 1.0)
         self._forced = forced
         self._cache: dict[tuple, _Spectral] = {}
@@ -343,7 +344,7 @@ class NavierStokes(Operator):
         w_t, steps = self.solver.solve(self.scale * x[:, 0], self.time, return_steps=True)
         self.last_steps = steps
         ds = self.downsample
-        return w_t[:, None, ::ds, ::ds]
+        return w_t[:, None, ::ds, ::ds].contiguous()
 
     def extra_repr(self) -> str:
         s = self.solver
