@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from diffinv.datasets.common import fit_loader
 from diffinv.operators import Operator
 
 
@@ -73,6 +74,19 @@ class InverseProblemDataModule(LightningDataModule):
         super().__init__()
         self.operator = operator
         self.batch_size, self.num_workers, self.seed, self.max_items = batch_size, num_workers, seed, max_items
+
+    # ---- fit
+    def train_dataset(self) -> Dataset:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} provides no training data")
+
+    def val_dataset(self) -> Dataset:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} provides no validation data")
+
+    def train_dataloader(self) -> DataLoader:
+        return fit_loader(self.train_dataset(), self.batch_size, self.num_workers, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return fit_loader(self.val_dataset(), self.batch_size, self.num_workers, train=False)
 
     # ---- predict
     def predict_truth(self) -> Dataset:  # pragma: no cover - abstract
