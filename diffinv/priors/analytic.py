@@ -179,8 +179,10 @@ class GaussianMixturePosterior:
 
 def random_gmm_prior(dim: int, num_components: int = 25, generator: torch.Generator | None = None,
                      dtype=torch.float64) -> GaussianMixturePrior:
-    """The mixture of Cardoso et al. 2023 (MCGdiff, section 4.1): 25 components with means on the grid
-    (8i, 8j, ..., 8i, 8j) for i, j in {-2, ..., 2}, unit covariance, random weights."""
+    """The mixture geometry of Cardoso et al. 2023 (MCGdiff, section 4.1): 25 components with means on the grid
+    (8i, 8j, ..., 8i, 8j) for i, j in {-2, ..., 2} and unit covariance, with weights drawn U(0, 1).
+    MCGdiff itself draws squared standard normals as weights; the benchmark problem with MCGdiff's exact
+    weights, measurement matrix and noise is ``diffinv.samplers.evaluation.make_gmm_problem``."""
     if num_components != 25:
         raise ValueError("the MCGdiff benchmark mixture has 25 components on a 5 x 5 grid")
     grid = torch.arange(-2, 3, dtype=dtype) * 8.0

@@ -1,4 +1,19 @@
-"""Posterior samplers (DESIGN.md section 5). Importing this package registers every algorithm in SAMPLERS."""
+"""Posterior samplers (DESIGN.md section 5), one module per algorithm. Importing this package registers
+every algorithm in ``SAMPLERS`` (name -> class)."""
 from .base import SAMPLERS, Sampler, posterior_stats, repeat_measurement
+from .daps import DAPS
+from .ddrm import DDRM
+from .diffpir import DiffPIR
+from .dps import DPS
+from .enkg import EnKG
+from .latent_dps import LatentDPS
+from .mcmc import SKRock, ULA
+from .pigdm import PiGDM
+from .pnp_dm import PnPDM
+from .posterior_sde import PosteriorSDE
+from .psld import PSLD
+from .red_diff import REDDiff
+from .resample import ReSample
 
-__all__ = ["SAMPLERS", "Sampler", "posterior_stats", "repeat_measurement"]
+__all__ = ["SAMPLERS", "Sampler", "posterior_stats", "repeat_measurement", "DAPS", "DDRM", "DiffPIR", "DPS", "EnKG",
+           "LatentDPS", "SKRock", "ULA", "PiGDM", "PnPDM", "PosteriorSDE", "PSLD", "REDDiff", "ReSample"]

@@ -1,0 +1,127 @@
+"""Turn a ``diffinv fit`` run into a shipped prior: EMA weights only, a loss-curve PNG, a grid of
+unconditional samples next to training samples, and a model card.
+
+    python scripts/export_prior.py --config configs/prior/ns64.yaml --run outputs/fit/ns64 \\
+        --out checkpoints/ns64 --name ns64 [--cmap RdBu_r] [--num-images 16] [--sample-steps 32]
+
+The weights file holds the network's state dict (the EMA copy that ``EMAWeightAveraging`` saved under
+``state_dict``), written atomically; load it with ``PixelPrior(network, checkpoint=...)``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from diffinv.checkpoints import load_state_dict_into  # noqa: E402
+from diffinv.diffusion import karras_sigmas, sample_sde  # noqa: E402
+from diffinv.priors import PixelPrior  # noqa: E402
+from lightning_modules.cli import DiffinvCLI  # noqa: E402
+
+
+def _atomic_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted(run.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return {k: sorted(dict(v).items()) for k, v in out.items()}
+
+
+def _show(ax, img: torch.Tensor, cmap: str, title: str) -> None:
+    ax.imshow(img[0].numpy(), cmap=cmap, vmin=-1 if cmap != "afmhot" else None, vmax=1 if cmap != "afmhot" else None)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--run", required=True, help="the fit run's default_root_dir (checkpoints/ and tensorboard/)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--cmap", default="RdBu_r")
+    p.add_argument("--num-images", type=int, default=16)
+    p.add_argument("--sample-steps", type=int, default=32)
+    args = p.parse_args(argv)
+
+    run, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    cli = DiffinvCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
+                     subclass_mode_data=True, run=False, args=["--config", args.config],
+                     parser_kwargs={"parser_mode": "omegaconf"}, auto_configure_optimizers=False,
+                     save_config_callback=None)
+    network = cli.model.network
+    info = load_state_dict_into(network, ckpt)                          # EMA weights (state_dict), strict
+    meta = torch.load(ckpt, map_location="cpu", weights_only=True)
+    weights = out / f"{args.name}.pt"
+    _atomic_save({k: v.detach().clone() for k, v in network.state_dict().items()}, weights)
+
+    # loss curve
+    scalars = _scalars(run / "tensorboard")
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for tag in ("train/loss", "val/loss"):
+        if tag in scalars:
+            steps, vals = zip(*scalars[tag])
+            ax.plot(steps, vals, label=tag, lw=1)
+    ax.set_xlabel("optimiser step"), ax.set_ylabel("loss"), ax.set_yscale("log"), ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss_curve.png", dpi=120)
+    plt.close(fig)
+
+    # unconditional samples (EDM Heun on the PF-ODE) next to training samples
+    prior = PixelPrior(network, checkpoint=str(weights)).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        samples = sample_sde(prior, (args.num_images, *prior.event_shape), karras_sigmas(args.sample_steps, 0.002, 80.0),
+                             "edm", 0.0, "heun", g)
+    dm = cli.datamodule
+    dm.setup("fit")
+    train = torch.stack([dm.train_dataset()[i] for i in range(args.num_images)])
+    n = args.num_images
+    fig, axes = plt.subplots(2, n, figsize=(n * 0.9, 2.2))
+    for i in range(n):
+        _show(axes[0, i], train[i].clamp(-1.5, 1.5), args.cmap, "train" if i == 0 else "")
+        _show(axes[1, i], samples[i].clamp(-1.5, 1.5), args.cmap, "prior sample" if i == 0 else "")
+    fig.tight_layout()
+    fig.savefig(out / "samples_vs_training.png", dpi=120)
+    plt.close(fig)
+
+    train_loss = scalars.get("train/loss", [])
+    val_loss = scalars.get("val/loss", [])
+    summary = {
+        "name": args.name, "config": args.config, "weights": weights.name, "global_step": int(meta.get("global_step", 0)),
+        "parameters": sum(v.numel() for v in network.parameters()),
+        "final_train_loss_mean_last_10": (sum(v for _, v in train_loss[-10:]) / max(1, len(train_loss[-10:])))
+        if train_loss else None,
+        "final_val_loss": val_loss[-1][1] if val_loss else None, "loaded": str(info),
+        "sample_stats": {"mean": float(samples.mean()), "std": float(samples.std())},
+        "train_stats": {"mean": float(train.mean()), "std": float(train.std())},
+    }
+    (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
