@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffinv.operators import GaussianNoise, MatrixOperator, Operator
+from diffinv.operators import GaussianNoise, MatrixOperator
 from diffinv.priors import GaussianPrior, random_gmm_prior
 from diffinv.samplers.daps import DAPS
 from diffinv.samplers.ddrm import DDRM

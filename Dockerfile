@@ -1,0 +1,30 @@
+# Cluster image for diffinv (Run:AI / Kubernetes): the CUDA build of PyTorch from the official image, the
+# project installed editable at /workspace/diffinv (the path scripts/runai/submit.py expects).
+#   docker build -t <registry>/diffinv:<tag> .
+#   docker run --gpus all --rm <registry>/diffinv:<tag> diffinv predict --help
+ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MPLBACKEND=Agg
+
+WORKDIR /workspace/diffinv
+
+# dependencies first (cached while only the code changes); the image's CUDA torch is pinned so that pip
+# never replaces it with another build; taming's metadata pulls torchvision, which the project never
+# imports, so it goes in without dependencies
+COPY pyproject.toml README.md ./
+RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/constraints.txt \
+ && mkdir -p diffinv lightning_modules datamodules \
+ && touch diffinv/__init__.py lightning_modules/__init__.py datamodules/__init__.py \
+ && pip install -c /tmp/constraints.txt -e ".[test]" \
+ && pip install --no-deps "taming-transformers-rom1504==0.0.6"
+
+COPY . .
+RUN pip install -c /tmp/constraints.txt --no-deps -e . \
+ && python -c "import diffinv, lightning_modules.cli, datamodules.base; print('diffinv ok')"
+
+CMD ["diffinv", "--help"]

@@ -1,0 +1,258 @@
+"""``InverseProblemSolver``: the LightningModule behind ``diffinv predict`` (DESIGN.md section 6).
+
+It holds a prior and a sampler (``diffinv.samplers``); the forward model comes from the DataModule
+(``trainer.datamodule.operator``) unless ``operator`` overrides it. Before any sampling (``setup``) it
+checks that the prior makes inputs of the operator's shape, that the sampler can run on this operator and
+prior (``Sampler.check``) and that the metric names exist. ``predict_step`` then solves each item of the
+batch on its own: the item's operator (``operator_for(operator, id)``: random masks / kernels drawn from
+the id), one sampler call for ``num_samples`` posterior draws with a generator seeded from ``(seed, id)``,
+the posterior mean and std (``posterior_stats``), the metrics (``diffinv.metrics``), the sampler's cost and
+the wall time. Items whose results are already complete on disk (asked of the ``PredictionWriter``) are
+skipped before sampling, so a re-run redoes nothing. ``predict_step`` calls no collectives (Lightning's
+predict sampler may give ranks unequal numbers of batches).
+
+Nothing here calls ``save_hyperparameters``: sampler and problem settings live in the configs (saved by
+LightningCLI as ``config.yaml``) and never in, or from, a prior checkpoint's hyper-parameters.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import signal
+import time
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import Tensor
+
+from datamodules.base import operator_for, sample_seed
+from diffinv.metrics import check_metric_names, default_metrics, problem_kind
+from diffinv.metrics import evaluate as evaluate_metrics
+from diffinv.operators.base import Operator
+from diffinv.priors.base import Prior
+from diffinv.priors.pixel import PixelPrior
+from diffinv.samplers.base import Sampler, posterior_stats
+
+from .panels import measurement_view
+
+log = logging.getLogger(__name__)
+
+
+def prior_data_shape(prior: Prior) -> tuple[int, ...]:
+    """The shape of what the prior generates in data space (the operator's input): ``event_shape`` for pixel
+    priors; for latent priors their decoded shape (``image_shape`` / ``data_shape``, else one decode)."""
+    for attr in ("image_shape", "data_shape"):
+        if getattr(prior, attr, None) is not None:
+            return tuple(int(s) for s in getattr(prior, attr))
+    if hasattr(prior, "encode") and hasattr(prior, "decode"):
+        with torch.no_grad():
+            ref = next(iter(prior.parameters()), None)
+            z = torch.zeros((1, *prior.event_shape), device=None if ref is None else ref.device)
+            return tuple(int(s) for s in prior.decode(z).shape[1:])
+    return tuple(prior.event_shape)
+
+
+def check_shapes(prior: Prior, operator: Operator) -> None:
+    """Fail before sampling when the prior's samples are not valid operator inputs."""
+    got, want = prior_data_shape(prior), tuple(operator.input_shape)
+    if got == want:
+        return
+    pname, oname = type(prior).__name__, type(operator).__name__
+    detail = ""
+    if len(got) == 3 and len(want) == 3:
+        detail = (f" (channels {got[0]} vs {want[0]}, resolution {got[1]}x{got[2]} vs {want[1]}x{want[2]})")
+    ckpt = getattr(prior, "checkpoint", None)
+    raise ValueError(
+        f"the prior {pname}{f' ({ckpt})' if ckpt else ''} generates {list(got)} but the problem's operator {oname} "
+        f"takes {list(want)}{detail}. Use a prior trained for this problem (another configs/prior/*.yaml or "
+        f"checkpoint), or set the problem to the prior's shape (the operator's input_shape / resolution / npix "
+        f"and the DataModule's image size = {list(got)}).")
+
+
+class InverseProblemSolver(LightningModule):
+    """Posterior sampling over a DataModule of inverse problems.
+
+    Args:
+        prior: the diffusion prior (``diffinv.priors``; e.g. ``PixelPrior`` with its checkpoint).
+        sampler: the algorithm with its hyperparameters (``diffinv.samplers.*``).
+        num_samples: posterior draws per measurement, made in one sampler call (for EnKG: the ensemble).
+        seed: seeds each item's generator with ``sample_seed(seed, id + "/sampler")`` (independent of the
+            measurement noise, which the DataModule seeds with ``sample_seed(data seed, id)``).
+        metrics: metric names (``diffinv.metrics.METRICS``); ``None`` picks the problem family's defaults.
+        operator: a forward model overriding the DataModule's ``operator``.
+        progress_bar: show an inner progress bar over the sampler's steps (rank 0 only).
+        network, checkpoint, parameterization: instead of ``prior``, the network of a ``configs/prior/*.yaml``
+            fit config (``PriorTraining``'s ``network``, kept by jsonargparse when the model class changes) and
+            the weights to load into it: the prior is then ``PixelPrior(network, checkpoint, parameterization)``.
+    """
+
+    def __init__(self, prior: Prior | None = None, sampler: Sampler | None = None, num_samples: int = 4,
+                 seed: int = 0, metrics: list[str] | None = None, operator: Operator | None = None,
+                 progress_bar: bool = True, network: torch.nn.Module | None = None, checkpoint: str | None = None,
+                 parameterization: str = "auto"):
+        super().__init__()
+        if sampler is None:
+            raise ValueError("InverseProblemSolver: no sampler; add a sampler config "
+                             "(--config configs/sampler/<algorithm>.yaml) or set model.init_args.sampler.")
+        if not isinstance(sampler, Sampler):
+            raise ValueError(f"InverseProblemSolver: sampler must be a diffinv.samplers Sampler, got "
+                             f"{type(sampler).__name__}.")
+        if prior is None:
+            if network is None:
+                raise ValueError("InverseProblemSolver: no prior; put a prior config first (--config "
+                                 "configs/prior/<prior>.yaml) or set model.init_args.prior.")
+            if checkpoint is None:
+                raise ValueError(f"InverseProblemSolver: the prior network {type(network).__name__} has no weights; set "
+                                 f"model.init_args.checkpoint to its checkpoint (e.g. the last.ckpt of `diffinv fit`).")
+            prior = PixelPrior(network, checkpoint=checkpoint, parameterization=parameterization)
+        elif network is not None:
+            raise ValueError("InverseProblemSolver: give either prior or network (+ checkpoint), not both.")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"InverseProblemSolver: num_samples must be an int >= 1, got {num_samples!r}.")
+        if metrics is not None:
+            check_metric_names(metrics)
+        self.prior = prior
+        self.sampler = sampler
+        self.num_samples = num_samples
+        self.seed = int(seed)
+        self.metric_names = None if metrics is None else list(metrics)
+        self.progress_bar = progress_bar
+        # kept out of the module tree: the operator is not part of the solver's state_dict
+        self._ops: dict[str, Operator | None] = {"override": operator, "active": None}
+
+    # ------------------------------------------------------------------ setup and checks
+    @property
+    def operator(self) -> Operator:
+        """The forward model in use: on the module's device once predict has started."""
+        active = self._ops["active"]
+        return active if active is not None else self._source_operator()
+
+    def _source_operator(self) -> Operator:
+        op = self._ops["override"]
+        if op is None:
+            dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            op = getattr(dm, "operator", None)
+        if op is None:
+            raise ValueError("InverseProblemSolver: no forward model. Give the problem's DataModule an operator "
+                             "(data.init_args.operator, see configs/problem/*.yaml) or set model.init_args.operator.")
+        return op
+
+    def setup(self, stage: str) -> None:
+        if stage != "predict":
+            raise ValueError(f"InverseProblemSolver only runs `diffinv predict` (got stage {stage!r}); train priors "
+                             f"with a configs/prior/*.yaml config (lightning_modules.prior_training.PriorTraining).")
+        op = self._source_operator()
+        check_shapes(self.prior, op)
+        self.sampler.check(op, self.prior)
+        names = self.metric_names if self.metric_names is not None else default_metrics(op)
+        check_metric_names(names, op)
+        self.metric_names = names
+        self.prior.eval().requires_grad_(False)
+
+    def on_predict_start(self) -> None:
+        # a copy: the DataModule keeps measuring with its own operator on the CPU (also in loader workers);
+        # made outside inference mode (this hook runs inside it) so that samplers can differentiate through it
+        with torch.inference_mode(False):
+            self._ops["active"] = copy.deepcopy(self._source_operator()).to(self.device)
+
+    def on_predict_end(self) -> None:
+        self._ops["active"] = None
+
+    def run_signature(self) -> dict[str, Any]:
+        """What determines the results (the PredictionWriter refuses to mix results of different runs)."""
+        def simple(obj) -> dict[str, Any]:
+            return {k: v for k, v in sorted(vars(obj).items()) if not k.startswith("_")
+                    and isinstance(v, (int, float, str, bool, type(None), tuple, list))}
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return {"sampler": type(self.sampler).__name__, "sampler_args": simple(self.sampler),
+                "num_samples": self.num_samples, "seed": self.seed, "prior": type(self.prior).__name__,
+                "checkpoint": str(getattr(self.prior, "checkpoint", None)), "operator": repr(self.operator),
+                "data_seed": getattr(dm, "seed", None)}
+
+    # ------------------------------------------------------------------ solving
+    def _writer(self):
+        from .prediction_writer import PredictionWriter
+
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, PredictionWriter):
+                return cb
+        return None
+
+    def _check_sigterm(self) -> None:
+        # Lightning's SIGTERM handler only records the signal; stop here (between or inside items) so that a
+        # pre-empted job ends promptly. Results already written are complete; the current item is redone.
+        if self._trainer is not None and self.trainer.received_sigterm:
+            raise SIGTERMException(128 + int(signal.SIGTERM))
+
+    def _callback(self, sample_id: str):
+        show = (self.progress_bar and self.global_rank == 0 and self._trainer is not None
+                and self.trainer.progress_bar_callback is not None)
+        state: dict[str, Any] = {"bar": None}
+
+        def callback(step: int, num_steps: int, x: Tensor) -> None:
+            self._check_sigterm()
+            if not show:
+                return
+            if state["bar"] is None:
+                from tqdm.auto import tqdm
+
+                state["bar"] = tqdm(total=num_steps, desc=f"  {sample_id}", leave=False, dynamic_ncols=True)
+            bar = state["bar"]
+            bar.update(max(0, min(step + 1, num_steps) - bar.n))
+
+        def close() -> None:
+            if state["bar"] is not None:
+                state["bar"].close()
+
+        return callback, close
+
+    def solve(self, sample_id: str, x_true: Tensor, y_obs: Tensor) -> dict[str, Any]:
+        """Solve one item: ``x_true [1, *x]``, ``y_obs [1, ...]`` on the module's device."""
+        op = operator_for(self.operator, sample_id)
+        device = self.device
+        g = torch.Generator(device=device).manual_seed(sample_seed(self.seed, f"{sample_id}/sampler"))
+        callback, close = self._callback(sample_id)
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad():
+                samples = self.sampler.sample(y_obs, op, self.prior, num_samples=self.num_samples, generator=g,
+                                              callback=callback)
+        finally:
+            close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        cost = dataclasses.asdict(self.sampler.cost) if dataclasses.is_dataclass(self.sampler.cost) \
+            else dict(vars(self.sampler.cost))
+        mean, std = posterior_stats(samples, self.num_samples)
+        metrics = evaluate_metrics(self.metric_names, samples, x_true, y_obs, op, mean=mean)
+        y_view, y_label = measurement_view(op, y_obs, x_true.shape[1:])
+        cpu = lambda t: None if t is None else t.detach().float().cpu()  # noqa: E731
+        return {"id": sample_id, "samples": cpu(samples), "mean": cpu(mean[0]), "std": cpu(std[0]),
+                "x_true": cpu(x_true[0]), "y_obs": cpu(y_obs[0]), "y_view": cpu(y_view), "y_label": y_label,
+                "metrics": metrics, "cost": {k: int(v) for k, v in cost.items()}, "seconds": seconds,
+                "num_samples": self.num_samples, "sampler": type(self.sampler).__name__,
+                "kind": problem_kind(self.operator), "rank": self.global_rank}
+
+    def predict_step(self, batch: dict, batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        writer = self._writer()
+        results = []
+        for i, sample_id in enumerate(batch["id"]):
+            self._check_sigterm()
+            if writer is not None and writer.is_complete(sample_id):
+                log.info("skipping %s: its results are complete", sample_id)
+                results.append({"id": sample_id, "skipped": True})
+                continue
+            # Lightning runs predict under inference mode; samplers need autograd, so leave it for the solve
+            # (cloning turns the batch's inference tensors into normal ones).
+            with torch.inference_mode(False):
+                x_true = batch["x_true"][i:i + 1].clone()
+                y_obs = batch["y_obs"][i:i + 1].clone()
+                results.append(self.solve(sample_id, x_true, y_obs))
+        return results
+
+    def forward(self, batch: dict) -> list[dict[str, Any]]:
+        return self.predict_step(batch)
