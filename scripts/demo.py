@@ -31,7 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIOR_CONFIG = ROOT / "configs" / "prior" / "ns64.yaml"
-CHECKPOINT = ROOT / "checkpoints" / "ns64" / "ns64.ckpt"
+CHECKPOINT = ROOT / "checkpoints" / "ns64" / "ns64.pt"
 PROBLEM = ROOT / "configs" / "demo" / "ns_sub4.yaml"
 SAMPLERS = {"EnKG": ROOT / "configs" / "demo" / "enkg.yaml", "DPS": ROOT / "configs" / "demo" / "dps.yaml"}
 OUTPUT = ROOT / "outputs" / "demo"
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     for path, what in ((args.prior_config, "prior config"), (args.checkpoint, "prior checkpoint")):
         if not path.is_file():
             fail(f"the Navier–Stokes {what} {path} is missing. The shipped prior is part of the repository "
-                 f"(checkpoints/ns64/ns64.ckpt, configs/prior/ns64.yaml): restore it with `git checkout -- "
+                 f"(checkpoints/ns64/ns64.pt, configs/prior/ns64.yaml): restore it with `git checkout -- "
                  f"checkpoints/ns64 configs/prior/ns64.yaml`, or train it with `diffinv fit --config "
                  f"configs/prior/ns64.yaml` and pass --checkpoint outputs/fit/ns64/checkpoints/last.ckpt.")
     if args.fields < 1:

@@ -63,6 +63,8 @@ def main(argv=None) -> None:
     p.add_argument("--cmap", default="RdBu_r")
     p.add_argument("--num-images", type=int, default=16)
     p.add_argument("--sample-steps", type=int, default=32)
+    p.add_argument("--title", default=None, help="model card title")
+    p.add_argument("--data", default="", help="model card: one paragraph on the training data")
     args = p.parse_args(argv)
 
     run, out = Path(args.run), Path(args.out)
@@ -120,7 +122,48 @@ def main(argv=None) -> None:
         "train_stats": {"mean": float(train.mean()), "std": float(train.std())},
     }
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "MODEL_CARD.md").write_text(model_card(args, summary, cli.model.network))
     print(json.dumps(summary, indent=2))
+
+
+def model_card(args, summary: dict, network) -> str:
+    val = summary["final_val_loss"]
+    return f"""# {args.title or args.name}
+
+| | |
+|---|---|
+| weights | `{summary['weights']}` (EMA weights only, a plain state dict; `torch.load(weights_only=True)`) |
+| network | `{type(network).__name__}` wrapping `{type(network.model).__name__}`, {summary['parameters']:,} parameters |
+| config | `{summary['config']}` (`diffinv fit --config {summary['config']}`) |
+| optimiser steps | {summary['global_step']} |
+| final training loss (mean of the last 10 logged) | {summary['final_train_loss_mean_last_10']:.4f} |
+| final validation loss (EMA weights) | {'n/a' if val is None else f'{val:.4f}'} |
+| prior samples: mean / std | {summary['sample_stats']['mean']:.3f} / {summary['sample_stats']['std']:.3f} |
+| training samples: mean / std | {summary['train_stats']['mean']:.3f} / {summary['train_stats']['std']:.3f} |
+
+## Data
+
+{args.data}
+
+## Loss curve
+
+![loss curve](loss_curve.png)
+
+## Unconditional samples (EDM Heun, {args.sample_steps} steps) under training samples
+
+![samples](samples_vs_training.png)
+
+## Use
+
+```python
+prior = PixelPrior(network, checkpoint="checkpoints/{args.name}/{summary['weights']}")
+```
+
+or `diffinv predict --config {summary['config']} --config configs/problem/... --config configs/sampler/...
+--model.init_args.checkpoint checkpoints/{args.name}/{summary['weights']}`.
+
+Exported from `{args.run}` by `scripts/export_prior.py`.
+"""
 
 
 if __name__ == "__main__":
