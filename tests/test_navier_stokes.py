@@ -20,13 +20,6 @@ from operators_ns import SMALL_OPERATORS  # noqa: E402
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # MKL's multi-threaded FFTs of these tiny grids are ~1000x slower on an oversubscribed machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _smooth_field(solver, dtype=torch.float64):

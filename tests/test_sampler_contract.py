@@ -36,13 +36,6 @@ NAMES = sorted(SAMPLERS)
 D, D_LATENT, NUM_SAMPLES = 6, 4, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than they save (and the test machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------- counting wrappers

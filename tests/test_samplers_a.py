@@ -15,16 +15,9 @@ from diffinv.samplers.dps import DPS
 from diffinv.samplers.enkg import EnKG
 from diffinv.samplers.pigdm import PiGDM
 
-from sw import sliced_wasserstein
+from diffinv.samplers.evaluation import sliced_wasserstein
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than they save on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------------------- problems
@@ -300,7 +293,7 @@ def gmm_benchmark():
     post = prior.posterior(op, y)
     exact = post.sample(1000, generator=g).float()
     prior_draws = prior.sample(1000, generator=g).float()
-    sw_prior = sliced_wasserstein(prior_draws, exact, 200, torch.Generator().manual_seed(0))
+    sw_prior = sliced_wasserstein(prior_draws, exact, 200, generator=torch.Generator().manual_seed(0))
     return prior, op, y, exact, sw_prior
 
 
@@ -311,5 +304,5 @@ def test_gaussian_mixture_sliced_wasserstein(name, gmm_benchmark):
     if name == "DAPS":       # half the annealing levels of the benchmark setting keeps this test a few seconds
         sampler = DAPS(num_steps=100, lr=0.5 * op.sigma**2)
     out = sampler.sample(y, op, prior, 500, generator=torch.Generator().manual_seed(1))
-    sw = sliced_wasserstein(out, exact, 200, torch.Generator().manual_seed(0))
+    sw = sliced_wasserstein(out, exact, 200, generator=torch.Generator().manual_seed(0))
     assert sw <= sw_prior / 3, f"{name}: SW {sw:.3f} vs prior {sw_prior:.3f}"

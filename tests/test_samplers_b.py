@@ -32,13 +32,6 @@ from test_sampler_contract import CountingPrior
 Z = 5.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than they save (and the test machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _gaussian_problem(d=4, dy=2, sigma_y=0.5, seed=0, dtype=torch.float64):
