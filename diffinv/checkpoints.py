@@ -119,8 +119,8 @@ def _select(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str]:
                 raise ValueError(
                     f"{path}: entry {key!r} is a {kind}, not a mapping of tensor names to tensors. diffinv loads "
                     "weights with torch.load(weights_only=True) only, which cannot rebuild a pickled nn.Module. "
-                    "Convert the file once, in an environment you trust: ckpt = torch.load(path, weights_only="
-                    f"False); torch.save({{{key!r}: ckpt[{key!r}].state_dict()}}, new_path).")
+                    "Convert the file once, in an environment you trust: load it with weights_only disabled and "
+                    f"re-save {{{key!r}: ckpt[{key!r}].state_dict()}} with torch.save.")
             sd, entry = dict(obj[key]), repr(key)
             break
         else:

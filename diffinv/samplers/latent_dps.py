@@ -51,6 +51,11 @@ class PhaseTimer:
                 torch.cuda.synchronize()
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
+    def decode(self, prior, z: Tensor) -> Tensor:
+        """The latent samplers' last step: decode the final latents to pixels (timed as ``decoder``)."""
+        with torch.no_grad(), self("decoder"):
+            return prior.decode(z)
+
 
 def latent_x0(prior, z_t: Tensor, abar_t: Tensor) -> Tensor:
     """Tweedie's ``E[z0 | z_t]`` for the VP state ``z_t = sqrt(abar) (z0 + sigma n)``: the denoiser sees
@@ -163,7 +168,6 @@ class LatentDPS(Sampler):
             z = (z_prime - step * grad).detach()                                   # DPS Algorithm 1, line 7
             if callback is not None:
                 callback(i, len(ts), z)
-        with torch.no_grad(), timer("decoder"):
-            x = prior.decode(z)
+        x = timer.decode(prior, z)
         self.timings = timer.seconds
         return x

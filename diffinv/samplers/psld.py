@@ -87,7 +87,6 @@ class PSLD(Sampler):
             z = (z_prime - grad).detach()                                                           # PSLD Eq. 8
             if callback is not None:
                 callback(i, len(ts), z)
-        with torch.no_grad(), timer("decoder"):
-            x = prior.decode(z)
+        x = timer.decode(prior, z)
         self.timings = timer.seconds
         return x

@@ -272,7 +272,6 @@ class ReSample(Sampler):
                                          "iterations": info["iterations"].tolist(),
                                          "initial_loss": info["initial_loss"].tolist(),
                                          "final_loss": info["final_loss"].tolist()})
-        with torch.no_grad(), timer("decoder"):
-            x = prior.decode(z)
+        x = timer.decode(prior, z)
         self.timings = timer.seconds
         return x
