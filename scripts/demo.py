@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PRIOR_CONFIG = ROOT / "configs" / "prior" / "ns64.yaml"
 CHECKPOINT = ROOT / "checkpoints" / "ns64" / "ns64.pt"
 PROBLEM = ROOT / "configs" / "demo" / "ns_sub4.yaml"
-SAMPLERS = {"EnKG": ROOT / "configs" / "demo" / "enkg.yaml", "DPS": ROOT / "configs" / "demo" / "dps.yaml"}
+SAMPLERS = {"EnKG": ROOT / "configs" / "demo" / "enkg.yaml", "DPS": ROOT / "configs" / "demo" / "dps.yaml",
+            "DAPS": ROOT / "configs" / "demo" / "daps.yaml"}
+DEMO_SAMPLERS = ["EnKG", "DPS"]
 OUTPUT = ROOT / "outputs" / "demo"
 COLUMNS = [("rel_l2", "rel. L2 (mean)"), ("rel_l2_samples", "rel. L2 (per sample)"), ("misfit", "misfit"),
            ("seconds", "s / field"), ("nfe", "NFE"), ("forward_calls", "forward calls")]
@@ -82,10 +84,37 @@ def summary_table(summaries: dict[str, dict]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]])
 
 
+def solve(algorithms: list[str], fields: int, downsample: int, output: Path, prior_config: Path = PRIOR_CONFIG,
+          checkpoint: Path = CHECKPOINT, data: str | None = None) -> dict[str, dict]:
+    """``diffinv predict`` with each algorithm's demo config on ``fields`` test fields; returns each run's
+    ``summary.json``. Fields already solved under ``output`` are skipped (the writer's resume)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    common = ["--config", str(prior_config), "--config", str(PROBLEM)]
+    extra = [*prior_arguments(prior_config, checkpoint),
+             "--data.init_args.root", data or data_root(None),
+             "--data.init_args.num_test", str(fields), "--data.init_args.max_items", str(fields),
+             "--data.init_args.operator.init_args.downsample", str(downsample),
+             "--trainer.default_root_dir", str(output),
+             "--trainer.logger.init_args.save_dir", str(output)]
+    summaries = {}
+    for name in algorithms:
+        cmd = [sys.executable, "-m", "lightning_modules.cli", "predict", *common, "--config", str(SAMPLERS[name]),
+               *extra]
+        print(f"\n=== {name}: diffinv predict {' '.join(cmd[4:])}\n", flush=True)
+        t0 = time.time()
+        rc = subprocess.call(cmd, cwd=ROOT, env=env)
+        if rc != 0:
+            fail(f"{name} failed (exit code {rc}); see the messages above.")
+        print(f"=== {name} finished in {time.time() - t0:.0f} s", flush=True)
+        summaries[name] = json.loads((output / "predictions" / SAMPLERS[name].stem / "summary.json").read_text())
+    return summaries
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fields", type=int, default=2, help="held-out test fields to solve (default 2)")
-    p.add_argument("--algorithms", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    p.add_argument("--algorithms", nargs="+", default=DEMO_SAMPLERS, choices=list(SAMPLERS))
+    p.add_argument("--downsample", type=int, default=4, choices=[2, 4, 8], help="observe every k-th grid point")
     p.add_argument("--prior-config", type=Path, default=PRIOR_CONFIG)
     p.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     p.add_argument("--data-root", help="Navier–Stokes dataset folder (default: see the module docstring)")
@@ -101,27 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.fields < 1:
         fail(f"--fields must be >= 1, got {args.fields}")
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    common = ["--config", str(args.prior_config), "--config", str(PROBLEM)]
-    extra = [*prior_arguments(args.prior_config, args.checkpoint),
-             "--data.init_args.root", data_root(args.data_root),
-             "--data.init_args.num_test", str(args.fields), "--data.init_args.max_items", str(args.fields),
-             "--trainer.default_root_dir", str(args.output),
-             "--trainer.logger.init_args.save_dir", str(args.output)]
-    summaries = {}
-    for name in args.algorithms:
-        cmd = [sys.executable, "-m", "lightning_modules.cli", "predict", *common, "--config", str(SAMPLERS[name]),
-               *extra]
-        print(f"\n=== {name}: diffinv predict {' '.join(cmd[4:])}\n", flush=True)
-        t0 = time.time()
-        rc = subprocess.call(cmd, cwd=ROOT, env=env)
-        if rc != 0:
-            fail(f"{name} failed (exit code {rc}); see the messages above.")
-        print(f"=== {name} finished in {time.time() - t0:.0f} s", flush=True)
-        folder = args.output / "predictions" / SAMPLERS[name].stem
-        summaries[name] = json.loads((folder / "summary.json").read_text())
-
-    print("\nNavier–Stokes, 64 x 64, subsampling 4, noise sigma 1: posterior mean vs truth (mean ± std over fields)")
+    summaries = solve(args.algorithms, fields=args.fields, downsample=args.downsample, output=args.output,
+                      prior_config=args.prior_config, checkpoint=args.checkpoint, data=data_root(args.data_root))
+    print(f"\nNavier–Stokes, 64 x 64, subsampling {args.downsample}, noise sigma 1: posterior mean vs truth "
+          f"(mean ± std over fields)")
     print(summary_table(summaries))
     print(f"\nPanels: {args.output}/predictions/<algorithm>/<id>.png   TensorBoard: tensorboard --logdir {args.output}")
     return 0
