@@ -202,6 +202,37 @@ def test_enkg_never_differentiates_the_operator(two_measurements):
     assert box.grad_enabled_calls == 0 and sampler.cost.grad_calls == 0
 
 
+def test_enkg_batches_particles_through_network_and_forward_model(two_measurements):
+    """Every denoiser call takes a full chunk of ``batch_size`` particles (the last one the remainder) and every
+    forward-model call takes the whole ensemble of every measurement at once: no loop over particles."""
+    prior, op, y, _ = two_measurements
+
+    class Shapes(CountingMatrix):
+        rows: list[int] = []
+
+        def forward(self, x):
+            Shapes.rows.append(x.shape[0])
+            return super().forward(x)
+
+    box = counting(op, Shapes)
+    seen: list[int] = []
+    inner = prior.denoise
+
+    class Recording:
+        event_shape = prior.event_shape
+
+        def denoise(self, x, sigma):
+            seen.append(x.shape[0])
+            return inner(x, sigma)
+
+    n = 12                                                  # 2 measurements x 12 particles = 24 rows, chunks of 5
+    sampler = FAST["EnKG"]()
+    sampler.sample(y, box, Recording(), n, generator=torch.Generator().manual_seed(0))
+    assert Shapes.rows and set(Shapes.rows) == {2 * n}
+    assert seen and set(seen) <= {5, 4} and seen.count(5) == 4 * seen.count(4)   # 24 = 4 x 5 + 4
+    assert len(seen) == sampler.cost.nfe
+
+
 def test_enkg_particles_only_interact_within_their_measurement(two_measurements):
     """Measurement 0's particles do not depend on measurement 1's data."""
     prior, op, y, _ = two_measurements
