@@ -9,6 +9,9 @@ run resumes where it stopped. The table reports the relative L2 of the posterior
 and, as the EnKG reference reports it, the mean over samples of each sample's relative L2.
 
     python scripts/benchmark_navier_stokes.py [--fields 10] [--downsample 2 4 8] [--json out.json]
+    # EnKG's ensemble size: python scripts/benchmark_navier_stokes.py --algorithms EnKG --downsample 8 \
+    #     --fields 3 --output outputs/benchmark_navier_stokes/enkg128 -- --model.init_args.num_samples 128
+    # the adaptive solver step: ... -- --config configs/demo/ns_adaptive_step.yaml
 """
 from __future__ import annotations
 
@@ -49,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=list(SAMPLERS))
     p.add_argument("--output", type=Path, default=ROOT / "outputs" / "benchmark_navier_stokes")
     p.add_argument("--json", type=Path, default=None, help="also write the summaries here")
+    p.add_argument("extra", nargs="*", help="after --: more `diffinv predict` arguments for every run")
     args = p.parse_args(argv)
     t0 = time.time()
-    results = {k: solve(args.algorithms, fields=args.fields, downsample=k, output=args.output / f"sub{k}")
+    results = {k: solve(args.algorithms, fields=args.fields, downsample=k, output=args.output / f"sub{k}",
+                        extra=args.extra)
                for k in args.downsample}
     print(f"\nNavier–Stokes 64 x 64, noise sigma 1, {args.fields} test fields, {time.time() - t0:.0f} s in all")
     print("\nRelative L2 of the posterior mean (mean ± std over fields):")

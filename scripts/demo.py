@@ -85,9 +85,10 @@ def summary_table(summaries: dict[str, dict]) -> str:
 
 
 def solve(algorithms: list[str], fields: int, downsample: int, output: Path, prior_config: Path = PRIOR_CONFIG,
-          checkpoint: Path = CHECKPOINT, data: str | None = None) -> dict[str, dict]:
-    """``diffinv predict`` with each algorithm's demo config on ``fields`` test fields; returns each run's
-    ``summary.json``. Fields already solved under ``output`` are skipped (the writer's resume)."""
+          checkpoint: Path = CHECKPOINT, data: str | None = None, extra: list[str] = ()) -> dict[str, dict]:
+    """``diffinv predict`` with each algorithm's demo config on ``fields`` test fields (``extra``: more command-line
+    arguments for every run); returns each run's ``summary.json``. Fields already solved under ``output`` are
+    skipped (the writer's resume)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     common = ["--config", str(prior_config), "--config", str(PROBLEM)]
     extra = [*prior_arguments(prior_config, checkpoint),
@@ -95,7 +96,7 @@ def solve(algorithms: list[str], fields: int, downsample: int, output: Path, pri
              "--data.init_args.num_test", str(fields), "--data.init_args.max_items", str(fields),
              "--data.init_args.operator.init_args.downsample", str(downsample),
              "--trainer.default_root_dir", str(output),
-             "--trainer.logger.init_args.save_dir", str(output)]
+             "--trainer.logger.init_args.save_dir", str(output), *extra]
     summaries = {}
     for name in algorithms:
         cmd = [sys.executable, "-m", "lightning_modules.cli", "predict", *common, "--config", str(SAMPLERS[name]),
