@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo import ROOT, SAMPLERS, solve  # noqa: E402
+from demo import ROOT, SAMPLERS, format_table, solve  # noqa: E402
 
 ALGORITHMS = ["EnKG", "DPS", "DAPS"]
 
@@ -40,9 +40,7 @@ def table(results: dict[int, dict[str, dict]], key: str) -> str:
     head = ["algorithm", *[f"subsampling {k}" for k in ks]]
     names = [n for n in ALGORITHMS if any(n in results[k] for k in ks)]
     rows = [[n, *[cell(results[k][n], key) if n in results[k] else "-" for k in ks]] for n in names]
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]])
+    return format_table(head, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,6 +79,11 @@ def summary_table(summaries: dict[str, dict]) -> str:
 
     head = ["algorithm", "fields", *[title for _, title in COLUMNS]]
     rows = [[name, str(s.get("count", 0)), *[cell(s, key) for key, _ in COLUMNS]] for name, s in summaries.items()]
+    return format_table(head, rows)
+
+
+def format_table(head: list[str], rows: list[list[str]]) -> str:
+    """Plain-text table with left-aligned columns and a dashed rule under the header."""
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]])
