@@ -94,12 +94,17 @@ def test_patience_rule_stops_when_the_loss_rose_since_patience_iterations():
     assert info["iterations"].tolist() == [21, 21]
 
 
+@torch.no_grad()
+def _unconditional_residual(prior, op, y, num_steps: int):
+    """Relative residual of 2 unconditional DDIM samples: what the data-consistent samplers must beat."""
+    z = sample_ddim(prior, (2, *prior.event_shape), prior.schedule, num_steps=num_steps,
+                    generator=torch.Generator().manual_seed(3))
+    return _relative_residual(op, prior.decode(z), y)
+
+
 def test_resample_beats_unconditional_ddim_on_the_residual(prior):
     op, x, y = _problem(prior)
-    with torch.no_grad():
-        z = sample_ddim(prior, (2, *prior.event_shape), prior.schedule, num_steps=20,
-                        generator=torch.Generator().manual_seed(3))
-        ddim = _relative_residual(op, prior.decode(z), y)
+    ddim = _unconditional_residual(prior, op, y, num_steps=20)
     sampler = ReSample(num_steps=20, consistency_every=2, time_travel_steps=2, pixel_max_iters=100,
                        latent_max_iters=50, latent_lr=0.05, latent_patience=None)
     out = sampler.sample(y, op, prior, generator=torch.Generator().manual_seed(4))
@@ -114,10 +119,7 @@ def test_resample_beats_unconditional_ddim_on_the_residual(prior):
 
 def test_latent_dps_and_psld_run_and_fit_the_data(prior):
     op, x, y = _problem(prior)
-    with torch.no_grad():
-        z = sample_ddim(prior, (2, *prior.event_shape), prior.schedule, num_steps=10,
-                        generator=torch.Generator().manual_seed(3))
-        ddim = _relative_residual(op, prior.decode(z), y)
+    ddim = _unconditional_residual(prior, op, y, num_steps=10)
     # (the guidance weights are tuned to this problem's scale: a norm-guidance weight of 1 barely moves it)
     for sampler in (LatentDPS(num_steps=10, zeta=20.0), PSLD(num_steps=10, omega=20.0, gamma=0.1)):
         out = sampler.sample(y, op, prior, num_samples=2, generator=torch.Generator().manual_seed(5))

@@ -80,6 +80,11 @@ class Sampler:
 
 
 # ----------------------------------------------------------------------------- shared helpers
+def real_dtype(y: Tensor) -> torch.dtype:
+    """The real dtype samples take for measurements ``y`` (float for complex ones, e.g. Fourier data)."""
+    return y.real.dtype if y.is_complex() else y.dtype
+
+
 def repeat_measurement(y: Tensor, num_samples: int) -> Tensor:
     """Sample-major copy of the measurements: ``[num_samples * B, ...]``."""
     return y.repeat(num_samples, *([1] * (y.dim() - 1)))

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion import EDMSDE, karras_sigmas, solve_sde
-from .base import Sampler, randn, repeat_measurement
+from .base import Sampler, randn, real_dtype, repeat_measurement
 from .guidance import likelihood_gradient, residual_norm
 
 
@@ -100,7 +100,7 @@ class DAPS(Sampler):
 
     @torch.no_grad()
     def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
-        dtype = y.real.dtype if y.is_complex() else y.dtype
+        dtype = real_dtype(y)
         y_rep = repeat_measurement(y, num_samples)
         sig = karras_sigmas(self.num_steps, self.sigma_min, self.sigma_max, self.rho).tolist()   # ..., sigma_min, 0
         x = randn((y_rep.shape[0], *operator.input_shape), generator, like=y, dtype=dtype) * sig[0]

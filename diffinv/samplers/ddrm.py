@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion import DiscreteVPSchedule
-from .base import Sampler, randn, repeat_measurement
+from .base import Sampler, randn, real_dtype, repeat_measurement
 
 
 class DDRM(Sampler):
@@ -61,7 +61,7 @@ class DDRM(Sampler):
 
     @torch.no_grad()
     def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
-        dtype = y.real.dtype if y.is_complex() else y.dtype
+        dtype = real_dtype(y)
         b = y.shape[0]
         y_rep = repeat_measurement(y, num_samples)
         sv = operator.singulars().to(dtype)                                  # [1 or B, d], zeros on the null space

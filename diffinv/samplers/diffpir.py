@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ..diffusion import DiscreteVPSchedule
 from ..operators.base import conjugate_gradient
-from .base import Sampler, randn, repeat_measurement
+from .base import Sampler, randn, real_dtype, repeat_measurement
 from .guidance import likelihood_gradient
 
 
@@ -149,7 +149,7 @@ class DiffPIR(Sampler):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
-        dtype = y.real.dtype if y.is_complex() else y.dtype
+        dtype = real_dtype(y)
         y_rep = repeat_measurement(y, num_samples)
         abar = self.schedule.alphas_cumprod.to(device=y.device, dtype=dtype)
         ts = self.timesteps

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion import DiscreteVPSchedule, ddpm_step
-from .base import Sampler, randn, repeat_measurement
+from .base import Sampler, randn, real_dtype, repeat_measurement
 from .guidance import dps_gradient
 
 
@@ -67,7 +67,7 @@ class DPS(Sampler):
         return self.zeta * math.sqrt(d_y) / operator.sigma
 
     def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
-        dtype = y.real.dtype if y.is_complex() else y.dtype
+        dtype = real_dtype(y)
         y_rep = repeat_measurement(y, num_samples)
         zeta = self.step_size(operator, y)
         ts = self.schedule.timesteps(self.num_steps).tolist()

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion import EDMSDE, karras_sigmas, solve_sde
-from .base import Sampler, randn, repeat_measurement
+from .base import Sampler, randn, real_dtype, repeat_measurement
 
 
 def _as_real(t: Tensor) -> Tensor:
@@ -153,7 +153,7 @@ class EnKG(Sampler):
     @torch.no_grad()
     def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
         n, b = num_samples, y.shape[0]
-        dtype = y.real.dtype if y.is_complex() else y.dtype
+        dtype = real_dtype(y)
         y_rep = repeat_measurement(y, n)
         sigmas = karras_sigmas(self.num_steps, self.sigma_min, self.sigma_max, self.rho).to(y.device, dtype)
         x = randn((n * b, *operator.input_shape), generator, like=y, dtype=dtype) * sigmas[0]   # N(0, sigma_max^2 I)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion import Cost, DiscreteVPSchedule, ddim_step
-from .base import Sampler, randn, repeat_measurement
+from .base import Sampler, randn, real_dtype, repeat_measurement
 from .guidance import residual_norm
 
 
@@ -156,7 +156,7 @@ class LatentDPS(Sampler):
     def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
         check_latent_operator(operator, prior, type(self).__name__)
         timer = PhaseTimer(self.profile)
-        dtype = y.real.dtype if y.is_complex() else y.dtype
+        dtype = real_dtype(y)
         y_rep = repeat_measurement(y, num_samples)
         ts, abar = ddim_grid(prior_schedule(prior), self.num_steps, y.device, dtype)
         z = randn((y_rep.shape[0], *prior.event_shape), generator, like=y, dtype=dtype)     # z_T ~ N(0, I)

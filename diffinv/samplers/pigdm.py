@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..diffusion import DiscreteVPSchedule, ddim_step
 from ..operators.base import conjugate_gradient
-from .base import Sampler, randn, repeat_measurement
+from .base import Sampler, randn, real_dtype, repeat_measurement
 
 
 class PiGDM(Sampler):
@@ -78,7 +78,7 @@ class PiGDM(Sampler):
         return operator.adjoint(u)
 
     def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
-        dtype = y.real.dtype if y.is_complex() else y.dtype
+        dtype = real_dtype(y)
         y_rep = repeat_measurement(y, num_samples)
         ts = self.schedule.timesteps(self.num_steps).tolist()
         abar = self.schedule.alphas_cumprod.to(device=y.device, dtype=dtype)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion import ddim_step
-from .base import Sampler, randn, repeat_measurement
+from .base import Sampler, randn, real_dtype, repeat_measurement
 from .guidance import residual_norm
 from .latent_dps import PhaseTimer, check_latent_operator, ddim_grid, latent_x0, prior_schedule
 
@@ -61,7 +61,7 @@ class PSLD(Sampler):
     def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
         check_latent_operator(operator, prior, "PSLD")
         timer = PhaseTimer(self.profile)
-        dtype = y.real.dtype if y.is_complex() else y.dtype
+        dtype = real_dtype(y)
         y_rep = repeat_measurement(y, num_samples)
         with torch.no_grad():
             x_meas = operator.pinv(y_rep)                       # A^+ y, fixed over the run

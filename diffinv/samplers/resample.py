@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion import Cost, ddim_step
-from .base import Sampler, randn, repeat_measurement
+from .base import Sampler, randn, real_dtype, repeat_measurement
 from .latent_dps import (PhaseTimer, check_latent_operator, ddim_grid, latent_dps_gradient, latent_x0, prior_schedule,
                          reference_x0)
 
@@ -237,7 +237,7 @@ class ReSample(Sampler):
         check_latent_operator(operator, prior, "ReSample")
         timer = PhaseTimer(self.profile)
         self.consistency_log = []
-        dtype = y.real.dtype if y.is_complex() else y.dtype
+        dtype = real_dtype(y)
         y_rep = repeat_measurement(y, num_samples)
         ts, abar = ddim_grid(prior_schedule(prior), self.num_steps, y.device, dtype)
         n = len(ts)
