@@ -17,7 +17,9 @@ ehtim's orientation (row 0 north, column 0 east). Sources, the first that applie
 3. ``synthetic: true`` and ``root`` missing or empty: the seeded synthetic generator
    (``diffinv.datasets.blackhole_synthetic``, ehtim's crescents and m-rings with texture), rendered at
    ``synthetic_fov_uas`` (160 uas, the operator's) and cached under ``synthetic_dir`` as one ``.npy`` per
-   split (rank 0 in ``prepare_data``); ``num_train`` / ``num_val`` / ``num_test`` images per split.
+   split (rank 0 in ``prepare_data``); ``num_train`` / ``num_val`` / ``num_test`` images per split. Only the
+   splits the stage reads are made: ``predict`` the ``split`` it solves (10 test images by default, not
+   the 5,000 training images), ``fit`` train and val.
 
 Splits of a single pool (LMDB or flat folder, sorted by file name): ``predict`` solves ``predict_ids``,
 else the first ``eval_first`` items, else every item; ``fit`` uses the other items (all of them when no
@@ -146,6 +148,7 @@ class BlackHoleDataModule(InverseProblemDataModule):
         self.counts = {"train": num_train, "val": num_val, "test": num_test}
         self.augment = augment
         self._splits: dict | None = None     # "pool" and split -> (keys, ids, load)
+        self._gen: SyntheticBlackHoles | None = None
         self.source_kind: str | None = None  # "lmdb", "folder" or "synthetic", set by setup
 
     # ------------------------------------------------------------------ source
@@ -181,32 +184,49 @@ class BlackHoleDataModule(InverseProblemDataModule):
         defaults = {"train": 5000, "val": 100, "test": 10}
         return {s: defaults[s] if n is None else n for s, n in self.counts.items()}
 
+    def _stage_splits(self, stage: str | None) -> tuple[str, ...]:
+        """The splits a Lightning stage reads: ``fit`` train + val, ``validate`` val, ``predict`` / ``test``
+        the predict split; no stage (a direct call): all of them."""
+        if stage == "fit":
+            return ("train", "val")
+        if stage == "validate":
+            return ("val",)
+        if stage in ("predict", "test"):
+            return (self.split,)
+        return SPLITS
+
     def prepare_data(self) -> None:
-        """Generate and cache the synthetic images when they are the source (Lightning: local rank 0 only)."""
-        if self._kind() == "synthetic":
-            gen = self._generator()
-            for split, count in self._synthetic_counts().items():
-                gen.cached_split(self.synthetic_dir, split, count)
+        """Generate and cache the synthetic images of the splits the running stage reads, when they are the
+        source (Lightning: local rank 0 only); called outside a Trainer, every split."""
+        if self._kind() != "synthetic":
+            return
+        fn = getattr(getattr(self.trainer, "state", None), "fn", None)
+        counts = self._synthetic_counts()
+        for split in self._stage_splits(None if fn is None else str(fn.value)):
+            self._get_generator().cached_split(self.synthetic_dir, split, counts[split])
+
+    def _get_generator(self) -> SyntheticBlackHoles:
+        if self._gen is None:
+            self._gen = self._generator()
+        return self._gen
 
     def setup(self, stage: str | None = None) -> None:
-        if self._splits is not None:
-            return
+        """Index the source; synthetic splits are loaded from the cache only when a stage reads them."""
+        if self._splits is None:
+            self._index()
+        if self.source_kind == "synthetic":
+            for split in self._stage_splits(stage):
+                self._split(split)
+
+    def _index(self) -> None:
         kind = self.source_kind = self._kind()
         if kind == "synthetic":
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            gen = self._generator()
-            splits = {}
-            for split, count in self._synthetic_counts().items():
-                arr = gen.cached_split(self.synthetic_dir, split, count, generate=not distributed)
-                keys = list(range(count))
-                splits[split] = (keys, [f"bh-{split}-{i:05d}" for i in keys], _ArrayLoader(arr))
-            self._splits = {"pool": None, **splits}
+            self._splits = {"pool": None}
             return
         if kind == "lmdb":
             store = LMDBArrays(self.lmdb_path, shape=None)
             keys = list(range(len(store)))
-            pool = (keys, None, _LMDBLoader(store, self.resolution, self.lmdb_values))
-            self._splits = {"pool": pool}
+            self._splits = {"pool": (keys, None, _LMDBLoader(store, self.resolution, self.lmdb_values))}
             return
         loader = _FileLoader(self.resolution, self.h5_dataset, self.fov_uas)
         subdirs = {s: self.root / s for s in SPLITS if (self.root / s).is_dir() and self._files(self.root / s)}
@@ -220,33 +240,49 @@ class BlackHoleDataModule(InverseProblemDataModule):
             items = index_array_files(self._root_files(), self.h5_dataset)
             self._splits = {"pool": (items, [it.id for it in items], loader)}
 
+    def _split(self, split: str):
+        """``(keys, ids, load)`` of one split (None where the source has no such split); a synthetic split is
+        read from the cache (generated first, outside DDP, when ``prepare_data`` did not run)."""
+        if self._splits is None:
+            self._index()
+        if self.source_kind == "synthetic" and split not in self._splits:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            count = self._synthetic_counts()[split]
+            arr = self._get_generator().cached_split(self.synthetic_dir, split, count, generate=not distributed)
+            keys = list(range(count))
+            self._splits[split] = (keys, [f"bh-{split}-{i:05d}" for i in keys], _ArrayLoader(arr))
+        return self._splits.get(split)
+
     # ------------------------------------------------------------------ selections
+    def _pool(self):
+        if self._splits is None:
+            self._index()
+        return self._splits["pool"]
+
     def _pool_ids(self, keys: list, ids: list | None, split: str) -> list[str]:
         return ids if ids is not None else [f"bh-{split}-{k:05d}" for k in keys]
 
     def _predict_selection(self):
         """``(keys, ids, load)`` of the predict items."""
-        self.setup()
-        pool = self._splits["pool"]
+        pool = self._pool()
         if pool is not None:
             keys, ids, load = pool
             ids = self._pool_ids(keys, ids, self.split)
         else:
-            if self.split not in self._splits:
+            if self._split(self.split) is None:
                 raise ValueError(f"BlackHoleDataModule: no {self.split!r} split in {self.root}; set split to one "
                                  f"of {[s for s in SPLITS if s in self._splits]}.")
-            keys, ids, load = self._splits[self.split]
+            keys, ids, load = self._split(self.split)
         chosen = select_eval(ids, self.eval_first, self.predict_ids)
         return [keys[i] for i in chosen], [ids[i] for i in chosen], load
 
     def _fit_selection(self, split: str):
         """``(keys, load)`` of the training or validation images."""
-        self.setup()
-        pool = self._splits["pool"]
+        pool = self._pool()
         if pool is None:
-            if split not in self._splits:
+            if self._split(split) is None:
                 return [], None
-            keys, ids, load = self._splits[split]
+            keys, ids, load = self._split(split)
             if self.source_kind != "synthetic" and split == "train" and self.counts["train"] is not None:
                 keys = keys[: self.counts["train"]]
             return list(keys), load
@@ -271,8 +307,6 @@ class BlackHoleDataModule(InverseProblemDataModule):
     def val_dataset(self) -> Dataset:
         keys, load = self._fit_selection("val")
         return MapDataset(keys, load)
-
-
 
     # ------------------------------------------------------------------ predict
     def predict_truth(self) -> Dataset:
