@@ -14,14 +14,14 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /workspace/diffinv
 
 # dependencies first (cached while only the code changes); the image's CUDA torch is pinned so that pip
-# never replaces it with another build; taming's metadata pulls torchvision, which the project never
-# imports, so it goes in without dependencies
-COPY pyproject.toml README.md ./
+# never replaces it with another build; requirements-no-deps.txt (taming, whose metadata pulls torchvision,
+# which the project never imports) goes in without dependencies
+COPY pyproject.toml README.md LICENSE requirements-no-deps.txt ./
 RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/constraints.txt \
  && mkdir -p diffinv lightning_modules datamodules \
  && touch diffinv/__init__.py lightning_modules/__init__.py datamodules/__init__.py \
- && pip install -c /tmp/constraints.txt -e ".[test]" \
- && pip install --no-deps "taming-transformers-rom1504==0.0.6"
+ && pip install -c /tmp/constraints.txt -e ".[test,blackhole]" \
+ && pip install --no-deps -r requirements-no-deps.txt
 
 COPY . .
 RUN pip install -c /tmp/constraints.txt --no-deps -e . \

@@ -7,13 +7,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-slow clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-no-deps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
-	# taming's package metadata pulls torchvision (which does not import with this torch build): no deps
-	$(PY) -m pip install -q --no-deps "taming-transformers-rom1504==0.0.6"
+	$(PY) -m pip install -q -e ".[test,blackhole]"
+	$(PY) -m pip install -q --no-deps -r requirements-no-deps.txt
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,8 +18,13 @@ import io
 
 import torch
 from torch import nn
-from taming.modules.diffusionmodules.model import Decoder, Encoder
-from taming.modules.vqvae.quantize import VectorQuantizer2
+try:
+    from taming.modules.diffusionmodules.model import Decoder, Encoder
+    from taming.modules.vqvae.quantize import VectorQuantizer2
+except ImportError as err:  # a plain `pip install diffinv` cannot bring it (see requirements-no-deps.txt)
+    raise ImportError(f"diffinv's VQ first stage needs the taming package of taming-transformers-rom1504, installed "
+                      f"without its dependencies: pip install --no-deps -r requirements-no-deps.txt (in a clone; "
+                      f"the file holds the pin) ({type(err).__name__}: {err}).") from err
 
 
 class VQFirstStage(nn.Module):

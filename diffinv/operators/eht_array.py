@@ -45,14 +45,22 @@ SOURCES: dict[str, tuple[float, float]] = {
 RADPERUAS = math.pi / 180.0 / 3600.0 * 1e-6   # radians per microarcsecond
 
 
+EHTIM_MISSING = ("the black-hole problem needs ehtim (eht-imaging), the optional extra 'blackhole' of diffinv: "
+                 "pip install 'diffinv[blackhole]' (from a clone: pip install -e '.[blackhole]')")
+
+
 def import_ehtim():
-    """Import ehtim quietly (it prints a banner and warns that NFFT is missing; we use ttype='direct')."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    """Import ehtim without side effects on the caller: its banner and the missing-NFFT warning (we use
+    ttype='direct') are swallowed, and the matplotlib settings its import changes (serif fonts, size 12, for
+    every later figure) are restored. Raises an ImportError naming the extra to install when it is missing."""
+    import matplotlib
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), matplotlib.rc_context():
         warnings.simplefilter("ignore")
         try:
             import ehtim as eh
-        except ImportError as err:  # pragma: no cover - ehtim is a dependency of the black-hole problem
-            raise ImportError("The black-hole operator needs ehtim at construction: pip install ehtim") from err
+        except ImportError as err:
+            raise ImportError(f"{EHTIM_MISSING} ({type(err).__name__}: {err}).") from err
     return eh
 
 
