@@ -2,8 +2,8 @@
 and inverse problems (``predict``).
 
 Every image is yielded as float32 ``[1, R, R]`` (R = ``resolution``, 64) normalised to peak 1 and mapped to
-``[-1, 1]`` (DESIGN.md section 2; ``BlackHoleImaging`` maps it back to [0, 1] and handles the flux), in
-ehtim's orientation (row 0 north, column 0 east). Sources, the first that applies:
+``[-1, 1]`` (the range of every diffinv prior; ``BlackHoleImaging`` maps it back to [0, 1] and handles the
+flux), in ehtim's orientation (row 0 north, column 0 east). Sources, the first that applies:
 
 1. an LMDB (``lmdb_path``, or ``root`` pointing at one): key ``str(i)``, raw float32 ``(1, H, W)`` or
    ``(H, W)``; ``lmdb_values`` says whether entries are brightness maps ("brightness", peak-normalised

@@ -4,27 +4,36 @@
   SSIM is Wang et al. 2004 with the usual 11 x 11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03,
   computed by ``torchmetrics`` (which imports ``lightning_utilities``, not Lightning);
 * Navier–Stokes: the relative L2 error of the posterior mean, and the mean over samples of each sample's
-  relative L2 error (the number EnKG, Zheng et al. 2024, reports; REFERENCES.md "EnKG");
+  relative L2 error (the number EnKG, Zheng et al. 2024, reports);
 * black holes: closure-phase / log-closure-amplitude chi-squares and the PSNR after blurring to the
   array's resolution (InverseBench, Zheng et al. 2025), re-exported from ``operators.blackhole``;
+* RGB images: LPIPS (VGG) of the posterior mean (``diffinv.image_quality``), when torchvision and its
+  weights are on the machine; FID is a property of a set of images, computed over a run's folder by
+  ``scripts/compare.py``;
 * every problem: the measurement misfit ``operator.loss(operator(mean), y_obs)`` of the posterior mean.
 
 ``evaluate(names, samples, x_true, y_obs, operator)`` computes named metrics for one measurement;
-``default_metrics(operator)`` picks the family's set. Everything here is plain torch (no Lightning).
+``default_metrics(operator)`` picks the family's set. A metric whose network or weights are missing is
+reported, never dropped: ``unavailable(names)`` gives the reason per name, ``check_metric_names`` warns
+with it before any sampling, and ``evaluate`` records its value as ``None``. Everything here is plain
+torch (no Lightning).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from . import image_quality
+from .image_quality import MetricUnavailable
 from .operators.base import Operator
 from .operators.blackhole import BlackHoleImaging, blurred_psnr, closure_chi2
 from .operators.navier_stokes import NavierStokes, relative_l2
 
 __all__ = ["psnr", "ssim", "relative_l2", "closure_chi2", "blurred_psnr", "problem_kind", "default_metrics",
-           "evaluate", "METRICS"]
+           "evaluate", "unavailable", "METRICS"]
 
 
 def psnr(x: Tensor, ref: Tensor, data_range: float = 2.0) -> Tensor:
@@ -115,8 +124,18 @@ METRICS: dict[str, MetricFn] = {
     "blurred_psnr_10": _blurred(10.0),
     "blurred_psnr_15": _blurred(15.0),
     "blurred_psnr_20": _blurred(20.0),
+    "lpips": lambda s, m, x, y, op: float(image_quality.lpips(_clip(m), x)[0]),
     "misfit": lambda s, m, x, y, op: float(op.loss(op(m), y)[0]),
 }
+
+# metrics that need a network or weights that may be missing: name -> () -> None or the reason
+AVAILABILITY: dict[str, Callable[[], str | None]] = {"lpips": image_quality.lpips_unavailable}
+
+
+def unavailable(names: Sequence[str]) -> dict[str, str]:
+    """``{name: reason}`` for the metrics among ``names`` that cannot be computed on this machine."""
+    reasons = {n: AVAILABILITY[n]() for n in names if n in AVAILABILITY}
+    return {n: r for n, r in reasons.items() if r is not None}
 
 
 def check_metric_names(names: Sequence[str], operator: Operator | None = None) -> None:
@@ -130,11 +149,16 @@ def check_metric_names(names: Sequence[str], operator: Operator | None = None) -
             if n == "ssim" and min(operator.input_shape[-2:]) < 11:
                 raise ValueError(f"metric 'ssim' needs images of at least 11 x 11 pixels, the problem has "
                                  f"{list(operator.input_shape)}; drop it from model.init_args.metrics.")
+            if n == "lpips" and tuple(operator.input_shape)[:1] != (3,):
+                raise ValueError(f"metric 'lpips' needs RGB images [3, H, W], the problem has "
+                                 f"{list(operator.input_shape)}; drop it from model.init_args.metrics.")
+        for n, reason in unavailable(names).items():
+            warnings.warn(f"metric {n!r} is unavailable and is recorded as null: {reason}.", stacklevel=2)
 
 
 @torch.no_grad()
 def evaluate(names: Sequence[str], samples: Tensor, x_true: Tensor, y_obs: Tensor, operator: Operator,
-             mean: Tensor | None = None) -> dict[str, float]:
+             mean: Tensor | None = None) -> dict[str, float | None]:
     """Named metrics of one measurement: ``samples [S, *x_shape]`` (S posterior draws), ``x_true`` and
     ``y_obs`` with batch 1; ``mean`` defaults to the sample mean."""
     check_metric_names(names)
@@ -142,4 +166,10 @@ def evaluate(names: Sequence[str], samples: Tensor, x_true: Tensor, y_obs: Tenso
         raise ValueError(f"evaluate: expected samples [S, *x], x_true [1, *x], y_obs [1, ...]; got "
                          f"{list(samples.shape)}, {list(x_true.shape)}, {list(y_obs.shape)}.")
     mean = samples.mean(0, keepdim=True) if mean is None else mean
-    return {n: METRICS[n](samples, mean, x_true, y_obs, operator) for n in names}
+    out: dict[str, float | None] = {}
+    for n in names:
+        try:
+            out[n] = METRICS[n](samples, mean, x_true, y_obs, operator)
+        except MetricUnavailable:      # reported by check_metric_names / unavailable(); the value is null
+            out[n] = None
+    return out

@@ -7,7 +7,7 @@ conversions into the prior's units (no Lightning).
 * :func:`index_array_files` / :func:`read_array_image`: black-hole images from a folder; ``.npy`` and
   HDF5 files may hold one image ``[H, W]`` or a stack ``[N, H, W]`` / ``[N, 1, H, W]``; FITS files are read
   with ``ehtim.image.load_fits`` (Stokes I, ehtim's orientation: row 0 north, column 0 east).
-* :func:`peak_normalize`: brightness map -> ``[-1, 1]`` with the peak at 1 (DESIGN.md section 2).
+* :func:`peak_normalize`: brightness map -> ``[-1, 1]`` with the peak at 1 (the black-hole prior's units).
 * :func:`spectral_resample`: Fourier truncation of periodic fields (Navier–Stokes 128 -> 64).
 """
 from __future__ import annotations
@@ -140,7 +140,7 @@ def resize_image(img: Tensor, size: int) -> Tensor:
 def peak_normalize(img: np.ndarray | Tensor, resolution: int | None = None, name: str = "image") -> Tensor:
     """A brightness map ``[H, W]`` (or ``[1, H, W]``) -> float32 ``[1, R, R]`` in ``[-1, 1]``: negative values
     (interpolation ringing) clipped to 0, resized to ``resolution``, divided by its peak, mapped by
-    ``2 x - 1`` (InverseBench's max-normalisation; DESIGN.md section 2)."""
+    ``2 x - 1`` (InverseBench's max-normalisation)."""
     x = torch.from_numpy(np.array(img, dtype=np.float64)) if not isinstance(img, Tensor) else img.double()
     if x.dim() == 3 and x.shape[0] == 1:
         x = x[0]

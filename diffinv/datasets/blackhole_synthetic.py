@@ -31,7 +31,7 @@ texture               multiplicative log-normal turbulence I <- I exp(s g - s^2 
 final blur            circular Gaussian, FWHM ~ U(0, 3) uas
 ====================  =================================================================================
 
-The map is clipped at 0, divided by its peak and mapped to ``[-1, 1]`` (DESIGN.md section 2), float32
+The map is clipped at 0, divided by its peak and mapped to ``[-1, 1]`` (the prior's range), float32
 ``[1, npix, npix]``. Image ``i`` of split ``s`` draws every random number from
 ``SeedSequence([seed, split_code(s), i])`` (train 0, val 1, test 2), so any image can be regenerated
 alone and a dataset does not depend on how it was batched. :meth:`SyntheticBlackHoles.cached_split`

@@ -1,7 +1,7 @@
 """Black-hole interferometric imaging with the EHT 2017 array (the InverseBench black-hole problem,
 Zheng et al. 2025; forward model after eht-imaging, Chael et al. 2016, 2018).
 
-Image convention (DESIGN.md section 2, InverseBench ``BlackHoleImaging.unnormalize``): the prior's image
+Image convention (InverseBench ``BlackHoleImaging.unnormalize``): the prior's image
 ``x`` in [-1, 1] is a peak-normalised brightness map; ``x01 = (x + 1) / 2`` is in [0, 1] and the sky
 brightness is ``I = jy_per_unit * x01`` Jy per pixel. ``jy_per_unit`` is a fixed constant (InverseBench's
 ``multiplier``, the peak pixel of its reference image), *not* a per-image normalisation: the total flux
