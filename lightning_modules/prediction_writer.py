@@ -39,7 +39,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from .panels import render_panel
+from diffinv.metrics import unavailable
+
+from .panels import render_item
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +185,7 @@ class PredictionWriter(BasePredictionWriter):
             arrays["y_view"] = item["y_view"].numpy()
         atomic_write(self.path(sid, ".npz"), lambda f: np.savez(f, **arrays))
         if self.panels:
-            metrics = item["metrics"]
-            title = f"{sid} | {item['sampler']} ({item['num_samples']} samples) | " + ", ".join(
-                f"{k} {v:.4g}" for k, v in list(metrics.items())[:4])
-            png = render_panel(item["x_true"], item["mean"], item["std"], item.get("y_view"),
-                               item.get("y_label", "measurement"), item.get("kind", "generic"), title=title)
+            png = render_item(item)
             atomic_write(self.path(sid, ".png"), lambda f: f.write(png))
         record = {"id": sid, "metrics": item["metrics"], "cost": item["cost"], "seconds": item["seconds"],
                   "num_samples": item["num_samples"], "sampler": item["sampler"], "rank": item.get("rank", self._rank),
@@ -243,6 +241,7 @@ class PredictionWriter(BasePredictionWriter):
         extra.update({c: _stats([r["cost"].get(c) for r in records]) for c in cost_names})
         summary = {"count": len(records), "missing": missing, "sampler": records[0]["sampler"] if records else None,
                    "metrics": table, "cost": extra, "ids": [r["id"] for r in records]}
+        summary["unavailable"] = unavailable(metric_names)     # metrics recorded as null, and why
         out = self.output_dir
         atomic_write(out / "summary.json", lambda f: f.write(_json_bytes(summary)))
 

@@ -36,7 +36,7 @@ from diffinv.priors.base import Prior
 from diffinv.priors.pixel import PixelPrior
 from diffinv.samplers.base import Sampler, posterior_stats
 
-from .panels import measurement_view
+from .panels import measurement_view, panel_info
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class InverseProblemSolver(LightningModule):
                 "x_true": cpu(x_true[0]), "y_obs": cpu(y_obs[0]), "y_view": cpu(y_view), "y_label": y_label,
                 "metrics": metrics, "cost": {k: int(v) for k, v in cost.items()}, "seconds": seconds,
                 "num_samples": self.num_samples, "sampler": type(self.sampler).__name__,
-                "kind": problem_kind(self.operator), "rank": self.global_rank}
+                "kind": problem_kind(self.operator), "panel": panel_info(op, y_obs), "rank": self.global_rank}
 
     def predict_step(self, batch: dict, batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         writer = self._writer()
