@@ -40,11 +40,23 @@ class MeasuredDataset(Dataset):
         return len(self.truth)
 
     def __getitem__(self, index: int) -> dict:
-        sample_id, x = self.truth[index]
-        sample_id = str(sample_id)
-        g = torch.Generator().manual_seed(sample_seed(self.seed, sample_id))
-        y = operator_for(self.operator, sample_id).measure(x[None].float(), g)[0]
+        sample_id = str(self.item_id(index))
+        try:
+            _, x = self.truth[index]
+            g = torch.Generator().manual_seed(sample_seed(self.seed, sample_id))
+            y = operator_for(self.operator, sample_id).measure(x[None].float(), g)[0]
+        except Exception as err:     # noqa: BLE001 - one unreadable item is that item's failure, not the run's
+            return {"id": sample_id, "error": f"{type(err).__name__}: {err}"}
         return {"id": sample_id, "x_true": x.float(), "y_obs": y}
+
+    def item_id(self, index: int) -> str:
+        """The id of item ``index`` without loading it (``TensorItems`` and subsets of it know their ids)."""
+        truth, i = self.truth, index
+        while isinstance(truth, torch.utils.data.Subset):
+            truth, i = truth.dataset, truth.indices[i]
+        if isinstance(truth, TensorItems):
+            return truth.ids[i]
+        return self.truth[index][0]
 
 
 class TensorItems(Dataset):
@@ -61,7 +73,14 @@ class TensorItems(Dataset):
 
 
 def collate_items(items: list[dict]) -> dict:
-    return {"id": [it["id"] for it in items], "x_true": torch.stack([it["x_true"] for it in items]),
+    """A batch ``{"id": [...], "x_true": [B, ...], "y_obs": [B, ...]}``; when some item could not be loaded,
+    ``x_true`` / ``y_obs`` are lists (None for that item) and ``error`` lists each item's error or None."""
+    batch = {"id": [it["id"] for it in items]}
+    if any("error" in it for it in items):
+        batch.update(error=[it.get("error") for it in items], x_true=[it.get("x_true") for it in items],
+                     y_obs=[it.get("y_obs") for it in items])
+        return batch
+    return {**batch, "x_true": torch.stack([it["x_true"] for it in items]),
             "y_obs": torch.stack([it["y_obs"] for it in items])}
 
 

@@ -14,11 +14,13 @@ channels when ``channels=3``; ids are the file stems (``00000`` ... for FFHQ).
   ``#`` comments); ``predict`` solves the test list, ``fit`` trains on the train list (validation: the
   ``val_manifest`` list, or the last ``num_val`` of the train list).
 
-Both raise ``ValueError`` before any sampling when the folder or a list has no images, an image cannot be
-read (predict items are checked up front, naming the file) or a colour image meets ``channels=1``.
+Both raise ``ValueError`` before any sampling when the folder or a list has no images, no image to predict
+can be read, or a colour image meets ``channels=1`` (predict items are checked up front, naming the file). A
+single unreadable image among readable ones is that item's recorded failure (``<id>.failed.json``).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +33,7 @@ from diffinv.datasets.image_files import (IMAGE_EXTENSIONS, check_channels, list
                                           select_eval, unique_ids)
 from diffinv.operators import Operator
 
+log = logging.getLogger(__name__)
 
 class _ImageLoader:
     """``load(path) -> [C, R, R]`` in [-1, 1] (a class so that datasets pickle into spawned workers)."""
@@ -83,9 +86,13 @@ class _ImageDataModule(InverseProblemDataModule):
         if self._ready:
             return
         self._collect()
-        first = next(iter(self._predict or self._train), None)
-        if first is not None:
-            check_channels(first, self.channels)
+        for path in self._predict or self._train:     # the first readable image tells the channels
+            try:
+                check_channels(path, self.channels)
+                break
+            except ValueError as err:
+                if "cannot read image" not in str(err):
+                    raise
         self._ready = True
 
     def _load(self) -> _ImageLoader:
@@ -108,10 +115,22 @@ class _ImageDataModule(InverseProblemDataModule):
         paths = self._predict
         if not paths:
             raise ValueError(self._no_predict_message())
-        # fail fast, naming the file: check every image that will be solved before any sampling starts
+        # fail fast, naming the file, when the settings cannot work (a colour image asked for as grayscale, or
+        # no readable image at all); a single unreadable file is that item's recorded failure (the run goes on)
         limit = len(paths) if self.max_items is None else min(self.max_items, len(paths))
+        unreadable = []
         for p in paths[:limit]:
-            check_channels(p, self.channels)
+            try:
+                check_channels(p, self.channels)
+            except ValueError as err:
+                if "cannot read image" not in str(err):
+                    raise
+                unreadable.append(str(err))
+        if unreadable and len(unreadable) == limit:
+            raise ValueError(f"{type(self).__name__}: none of the {limit} images to predict can be read, e.g. "
+                             f"{unreadable[0]}")
+        for msg in unreadable:
+            log.warning("%s: %s (recorded as a failed item)", type(self).__name__, msg)
         ids = [self._ids[p] for p in paths]
         return TensorItems(ids, _ByIdLoader(self._load(), dict(zip(ids, paths))))
 

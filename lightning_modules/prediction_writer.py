@@ -5,20 +5,24 @@ For each solved id, in ``output_dir``:
 * ``{id}.npz``: ``samples`` (``[S, *x]``, at most ``max_saved_samples``), ``mean``, ``std``, ``x_true``,
   ``y_obs`` (and ``y_view``, the displayed back-projection, when there is one);
 * ``{id}.png``: the panel truth | measurement | posterior mean | posterior std (``panels.render_panel``);
-* ``{id}.json``: metrics, sampler cost, wall seconds. Written **last**: ``{id}.json`` exists exactly when
-  the id is complete, so a re-run (or another rank) skips it.
+* ``{id}.json``: metrics, sampler cost, wall seconds, and the size and SHA-256 of the npz and png. Written
+  **last**: an id is complete when its JSON parses and its artefacts match it (``output_folder``); a re-run
+  (or another rank) skips complete ids and redoes any other, saying why (``redone`` in the rank log).
+* ``{id}.failed.json``: instead, for an item whose solve raised (the solver's message: id, sampler, step,
+  likely cause). A re-run skips it too (delete the file, or ``overwrite``, to retry).
 
-Every file goes to a hidden temporary file in the same folder (``.{name}.<random>.tmp``), is flushed and
-fsynced, then renamed over the target with ``os.replace`` (atomic on POSIX), so an interrupted run never
-leaves a truncated result; stale temporary files are removed at the next start. ``_logs/rank{r}.log``
-records what each rank wrote or skipped. ``run.json`` records what determined the results (sampler and
-its settings, number of samples, seeds, prior, operator); a re-run with other settings into the same
-folder is refused instead of mixing results (``overwrite=True`` recomputes everything).
+Every file goes through ``output_folder.atomic_write``; stale temporary files are removed at the next start.
+``run.lock`` holds the folder for one run (a second run into it is refused while the first lives).
+``_logs/rank{r}.log`` records what each rank wrote, skipped, redid or failed. ``run.json`` records what
+determined the results (sampler and its settings, number of samples, seeds, prior, operator); a re-run with
+other settings into the same folder is refused instead of mixing results (``overwrite=True`` recomputes
+everything).
 
 At the end (all ranks, after a barrier; never inside ``predict_step``) rank 0 reads the results of every
 id of the run back from disk and writes ``metrics.csv`` (one row per id), ``summary.csv`` and
-``summary.json`` (mean, std and count per metric), prints the table and logs it (and a few panels) to
-the loggers; TensorBoard gets scalars, a text table and the panels as images.
+``summary.json`` (mean, std and count per metric; failed, missing and flagged ids), prints the table and
+logs it (and a few panels) to the loggers; TensorBoard gets scalars, a text table, the panels as images
+and the run's settings as hyper-parameters (with the metric means, for TensorBoard's HPARAMS view).
 """
 from __future__ import annotations
 
@@ -27,11 +31,9 @@ import io
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -39,21 +41,16 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from .output_folder import FolderLock, atomic_write, file_digest, json_bytes, read_json, verify_record
 from diffinv.metrics import unavailable
 
 from .panels import render_item
 
 log = logging.getLogger(__name__)
 
-def _file_mode() -> int:
-    old = os.umask(0o022)
-    os.umask(old)
-    return 0o666 & ~old
-
-
-FILE_MODE = _file_mode()     # mkstemp creates 0600 files; results get the usual umask-based mode
 TMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 HEAVY_KEYS = ("samples", "mean", "std", "x_true", "y_obs", "y_view")
+OWN_FILES = ("run.json", "summary.json")
 
 
 def safe_name(sample_id: str) -> str:
@@ -62,33 +59,22 @@ def safe_name(sample_id: str) -> str:
     return name if name and not name.startswith(".") else f"_{name}"
 
 
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder: write, flush, fsync, ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n").encode()
-
-
 def _stats(values: Sequence[float]) -> dict[str, float]:
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)
     finite = v[np.isfinite(v)]
     return {"mean": float(finite.mean()) if finite.size else float("nan"),
-            "std": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
+            "std": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),     # one value has no spread
             "count": int(v.size), "nonfinite": int(v.size - finite.size)}
+
+
+def _flat(prefix: str, obj: Any) -> dict[str, Any]:
+    """Nested dicts as ``a/b`` keys with TensorBoard-friendly values (numbers, strings, bools)."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(f"{prefix}/{k}" if prefix else str(k), v))
+        return out
+    return {prefix: obj if isinstance(obj, (int, float, str, bool)) else str(obj)}
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -98,7 +84,7 @@ class PredictionWriter(BasePredictionWriter):
         max_saved_samples: keep at most this many posterior draws per id in the npz (``None``: all).
         panels: write the PNG panels.
         log_images: how many panels rank 0 logs to TensorBoard at the end.
-        overwrite: recompute ids that are already complete (and accept a different ``run.json``).
+        overwrite: recompute every id, complete or failed (and accept a different ``run.json``).
     """
 
     def __init__(self, output_dir: str | None = None, max_saved_samples: int | None = None, panels: bool = True,
@@ -114,8 +100,9 @@ class PredictionWriter(BasePredictionWriter):
         self.overwrite = overwrite
         self._seen: list[str] = []
         self._written: list[str] = []
-        self._skipped: list[str] = []
+        self._started = False
         self._rank = 0
+        self._lock: FolderLock | None = None
 
     # ------------------------------------------------------------------ setup
     def resolve_output_dir(self, trainer: Trainer, pl_module: LightningModule) -> Path:
@@ -129,17 +116,29 @@ class PredictionWriter(BasePredictionWriter):
         if stage != "predict":
             return
         self._rank = trainer.global_rank
-        self._seen, self._written, self._skipped = [], [], []
+        self._seen, self._written, self._started = [], [], False
         out = self.resolve_output_dir(trainer, pl_module)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "_logs").mkdir(exist_ok=True)
         self.output_dir = out
+        error = None
         if trainer.is_global_zero:
-            for p in out.iterdir():     # leftovers of an interrupted run: never results (hidden, .tmp)
-                if TMP_RE.match(p.name):
-                    p.unlink(missing_ok=True)
-            self._check_signature(pl_module)
-        trainer.strategy.barrier("prediction_writer_setup")
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                self._lock = FolderLock(out)
+                self._lock.acquire()            # first: nothing below may touch a folder another run is using
+                (out / "_logs").mkdir(exist_ok=True)
+                for p in out.iterdir():         # leftovers of an interrupted run: never results (hidden, .tmp)
+                    if TMP_RE.match(p.name):
+                        p.unlink(missing_ok=True)
+                self._check_signature(pl_module)
+            except Exception as err:     # noqa: BLE001 - re-raised on every rank below
+                self._release()
+                error = err
+        # every rank learns rank 0's verdict (a rank that raised alone would leave the others at a barrier)
+        verdict = trainer.strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        if verdict is not None:
+            raise RuntimeError(f"PredictionWriter setup failed on rank 0: {verdict}")
 
     def _check_signature(self, pl_module: LightningModule) -> None:
         sig_fn = getattr(pl_module, "run_signature", None)
@@ -148,31 +147,58 @@ class PredictionWriter(BasePredictionWriter):
         sig = json.loads(json.dumps(sig_fn(), default=str))
         path = self.output_dir / "run.json"
         if path.exists() and not self.overwrite:
-            old = json.loads(path.read_text())
+            old, _ = read_json(path)
+            old = old or {}
             diff = {k: (old.get(k), sig.get(k)) for k in sorted(set(old) | set(sig)) if old.get(k) != sig.get(k)}
             if diff and self._has_results():
                 lines = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
                 raise ValueError(
-                    f"PredictionWriter: {self.output_dir} holds results made with other settings ({lines}). Use "
-                    f"another folder (--trainer.default_root_dir, or the writer's output_dir) or pass "
-                    f"overwrite=true to the PredictionWriter to recompute.")
-        atomic_write(path, lambda f: f.write(_json_bytes(sig)))
+                    f"PredictionWriter: {self.output_dir} holds results made with other settings ({lines}). "
+                    f"Nothing was computed. Write into another folder (--trainer.default_root_dir <folder>), or "
+                    f"recompute every item here with these settings (--trainer.callbacks.init_args.overwrite true, "
+                    f"which sets the PredictionWriter's overwrite when it is the last callback, as in "
+                    f"configs/problem/*.yaml).")
+        atomic_write(path, lambda f: f.write(json_bytes(sig)))
 
     def _has_results(self) -> bool:
-        return any(p.suffix == ".json" and p.name not in ("run.json", "summary.json") for p in self.output_dir.iterdir())
+        return any(p.suffix == ".json" and p.name not in OWN_FILES for p in self.output_dir.iterdir())
 
     # ------------------------------------------------------------------ per id
     def path(self, sample_id: str, suffix: str) -> Path:
         assert self.output_dir is not None, "PredictionWriter.setup has not run"
         return self.output_dir / f"{safe_name(sample_id)}{suffix}"
 
-    def is_complete(self, sample_id: str) -> bool:
-        """True when the id's results are on disk (its JSON, written last, exists) and not ``overwrite``."""
-        return not self.overwrite and self.output_dir is not None and self.path(sample_id, ".json").exists()
+    def load_record(self, sample_id: str) -> tuple[dict | None, str | None]:
+        """``(record, None)`` for a complete id (its JSON parses and its artefacts match it), else
+        ``(None, why)``."""
+        record, why = read_json(self.path(sample_id, ".json"))
+        if record is None:
+            return None, why
+        why = verify_record(self.output_dir, record)
+        return (record, None) if why is None else (None, why)
 
-    def _event(self, what: str, sample_id: str) -> None:
+    def status(self, sample_id: str) -> str | None:
+        """``"complete"`` or ``"failed"`` (a recorded failure) when a re-run must not redo the id, else None
+        (to solve; an id with damaged results is reported and logged as ``redone``). Always None with
+        ``overwrite``."""
+        if self.overwrite or self.output_dir is None:
+            return None
+        record, why = self.load_record(sample_id)
+        if record is not None:
+            return "complete"
+        if read_json(self.path(sample_id, ".failed.json"))[0] is not None:
+            return "failed"
+        if why != "no record":
+            log.warning("redoing %s: %s", sample_id, why)
+            self._event("redone", f"{sample_id} {why}")
+        return None
+
+    def is_complete(self, sample_id: str) -> bool:
+        return self.status(sample_id) is not None
+
+    def _event(self, what: str, detail: str) -> None:
         with open(self.output_dir / "_logs" / f"rank{self._rank}.log", "a") as f:
-            f.write(f"{what} {sample_id}\n")
+            f.write(f"{what} {detail}\n")
 
     def write_item(self, item: dict[str, Any]) -> None:
         sid = item["id"]
@@ -184,14 +210,20 @@ class PredictionWriter(BasePredictionWriter):
         if item.get("y_view") is not None:
             arrays["y_view"] = item["y_view"].numpy()
         atomic_write(self.path(sid, ".npz"), lambda f: np.savez(f, **arrays))
+        files = {"npz": file_digest(self.path(sid, ".npz")), "png": None}
         if self.panels:
             png = render_item(item)
             atomic_write(self.path(sid, ".png"), lambda f: f.write(png))
+            files["png"] = file_digest(self.path(sid, ".png"))
         record = {"id": sid, "metrics": item["metrics"], "cost": item["cost"], "seconds": item["seconds"],
                   "num_samples": item["num_samples"], "sampler": item["sampler"], "rank": item.get("rank", self._rank),
-                  "files": {"npz": self.path(sid, ".npz").name,
-                            "png": self.path(sid, ".png").name if self.panels else None}}
-        atomic_write(self.path(sid, ".json"), lambda f: f.write(_json_bytes(record)))   # last: marks completion
+                  "checks": item.get("checks", {}), "files": files}
+        atomic_write(self.path(sid, ".json"), lambda f: f.write(json_bytes(record)))   # last: marks completion
+        self.path(sid, ".failed.json").unlink(missing_ok=True)
+
+    def write_failure(self, item: dict[str, Any]) -> None:
+        record = {k: v for k, v in item.items() if k not in HEAVY_KEYS and k != "failed"}
+        atomic_write(self.path(item["id"], ".failed.json"), lambda f: f.write(json_bytes(record)))
 
     def write_on_batch_end(self, trainer: Trainer, pl_module: LightningModule, prediction: Any,
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
@@ -200,8 +232,11 @@ class PredictionWriter(BasePredictionWriter):
             sid = item["id"]
             self._seen.append(sid)
             if item.get("skipped"):
-                self._skipped.append(sid)
                 self._event("skipped", sid)
+                continue
+            if item.get("failed"):
+                self.write_failure(item)
+                self._event("failed", sid)
                 continue
             self.write_item(item)
             self._written.append(sid)
@@ -209,6 +244,9 @@ class PredictionWriter(BasePredictionWriter):
             # Lightning keeps what predict_step returned (trainer.predict's return value): drop the tensors
             for k in HEAVY_KEYS:
                 item.pop(k, None)
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._started = True
 
     # ------------------------------------------------------------------ end of the run
     def _all_ids(self, trainer: Trainer) -> list[str]:
@@ -223,27 +261,42 @@ class PredictionWriter(BasePredictionWriter):
         trainer.strategy.barrier("prediction_writer_end")
         ids = self._all_ids(trainer)
         if trainer.is_global_zero:
-            self.summarize(ids, trainer)
+            try:
+                self.summarize(ids, trainer, pl_module)
+            finally:
+                self._release()
 
-    def summarize(self, ids: Sequence[str], trainer: Trainer | None = None) -> dict[str, Any]:
+    def summarize(self, ids: Sequence[str], trainer: Trainer | None = None,
+                  pl_module: LightningModule | None = None) -> dict[str, Any]:
         """Read the results of ``ids`` back from disk; write ``metrics.csv``, ``summary.csv`` and
         ``summary.json``; print the table; log to the trainer's loggers."""
-        records = []
+        records, failures, problems = [], {}, {}
         for sid in ids:
-            p = self.path(sid, ".json")
-            if p.exists():
-                records.append(json.loads(p.read_text()))
-        missing = [sid for sid in ids if not self.path(sid, ".json").exists()]
+            record, why = self.load_record(sid)
+            if record is not None:
+                records.append(record)
+                continue
+            failure, _ = read_json(self.path(sid, ".failed.json"))
+            if failure is not None:
+                failures[sid] = failure.get("message", "")
+            elif why != "no record":
+                problems[sid] = why
+        done = {r["id"] for r in records} | set(failures)
+        missing = [sid for sid in ids if sid not in done]
+        flagged = {r["id"]: r["checks"]["misfit"] for r in records
+                   if (r.get("checks") or {}).get("misfit", {}).get("flagged")}
         metric_names = list(dict.fromkeys(k for r in records for k in r["metrics"]))
         cost_names = list(dict.fromkeys(k for r in records for k in r.get("cost", {})))
         table = {m: _stats([r["metrics"].get(m) for r in records]) for m in metric_names}
         extra = {"seconds": _stats([r.get("seconds") for r in records])}
         extra.update({c: _stats([r["cost"].get(c) for r in records]) for c in cost_names})
-        summary = {"count": len(records), "missing": missing, "sampler": records[0]["sampler"] if records else None,
-                   "metrics": table, "cost": extra, "ids": [r["id"] for r in records]}
+        summary = {"count": len(records), "failed": len(failures), "missing": missing,
+                   "sampler": records[0]["sampler"] if records else None, "metrics": table, "cost": extra,
+                   "ids": [r["id"] for r in records], "failures": failures, "flagged": flagged,
+                   "problems": problems}
         summary["unavailable"] = unavailable(metric_names)     # metrics recorded as null, and why
         out = self.output_dir
-        atomic_write(out / "summary.json", lambda f: f.write(_json_bytes(summary)))
+        atomic_write(out / "summary.json", lambda f: f.write(json_bytes(summary)))
 
         def per_id(f):
             text = io.StringIO()
@@ -265,23 +318,29 @@ class PredictionWriter(BasePredictionWriter):
         atomic_write(out / "metrics.csv", per_id)
         atomic_write(out / "summary.csv", aggregate)
         text = format_table(summary)
-        print(f"\nResults of {len(records)} item(s) in {out}:\n{text}", flush=True)
+        print(f"\nResults of {len(records)} item(s) in {out}:\n{text}{format_notes(summary)}", flush=True)
         if trainer is not None:
-            self._log(trainer, summary, records, text)
+            self._log(trainer, pl_module, summary, records, text)
         return summary
 
-    def _log(self, trainer: Trainer, summary: dict[str, Any], records: list[dict], text: str) -> None:
+    def _log(self, trainer: Trainer, pl_module: LightningModule | None, summary: dict[str, Any],
+             records: list[dict], text: str) -> None:
         scalars = {f"predict/{k}_mean": v["mean"] for k, v in summary["metrics"].items() if math.isfinite(v["mean"])}
+        scalars.update({"predict/count": summary["count"], "predict/failed": summary["failed"]})
+        sig_fn = getattr(pl_module, "run_signature", None)
+        hparams = _flat("", json.loads(json.dumps(sig_fn(), default=str))) if sig_fn is not None else {}
         for logger in trainer.loggers:
-            if scalars:
-                logger.log_metrics(scalars, step=0)
+            # the run's settings, with the metric means for TensorBoard's HPARAMS view (compare samplers)
+            logger.log_hyperparams(hparams, scalars) if isinstance(logger, TensorBoardLogger) \
+                else logger.log_hyperparams(hparams)
+            logger.log_metrics(scalars, step=0)
             if isinstance(logger, TensorBoardLogger):
                 exp = logger.experiment
                 for step, r in enumerate(records):
                     for k, v in r["metrics"].items():
                         if v is not None and math.isfinite(v):
                             exp.add_scalar(f"predict_per_id/{k}", v, step)
-                exp.add_text("predict/summary", "    " + text.replace("\n", "\n    "), 0)
+                exp.add_text("predict/summary", "    " + (text + format_notes(summary)).replace("\n", "\n    "), 0)
                 if self.panels and self.log_images:
                     from PIL import Image
 
@@ -293,17 +352,42 @@ class PredictionWriter(BasePredictionWriter):
                                               dataformats="HWC")
                 exp.flush()
 
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if self.output_dir is not None:
-            log.warning("predict stopped (%s) on rank %d after writing %d item(s); completed items are kept in %s and "
-                        "re-running the same command resumes", type(exception).__name__, self._rank,
-                        len(self._written), self.output_dir)
+        self._release()
+        if self.output_dir is not None and self._started:
+            log.warning("predict stopped (%s) on rank %d after writing %d item(s) in this run; complete items are "
+                        "kept in %s and re-running the same command solves only the others", type(exception).__name__,
+                        self._rank, len(self._written), self.output_dir)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._release()
+
+
+def format_notes(summary: dict[str, Any]) -> str:
+    """Failed, damaged and flagged ids of a ``summary.json``, one line each (empty when there are none)."""
+    lines = [f"FAILED {sid}: {msg}" for sid, msg in summary.get("failures", {}).items()]
+    lines += [f"MISSING {sid}: {why}" for sid, why in summary.get("problems", {}).items()]
+    lines += [f"FLAGGED {sid}: misfit {c['value']:.4g} is {c['value'] / c['reference']:.3g} x the noise level "
+              f"(m / 2 = {c['reference']:.4g}); the sampler did not fit the data (step size / guidance?)"
+              for sid, c in summary.get("flagged", {}).items()]
+    return "".join(f"\n{line}" for line in lines)
+
+
+def _cell(v: dict[str, Any]) -> str:
+    if not (math.isfinite(v["mean"]) and math.isfinite(v["std"])):
+        return f"{v['mean']:.5g}"
+    return f"{v['mean']:.5g} ± {v['std']:.3g}"
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """A plain-text table ``metric | mean ± std | count`` of a ``summary.json``."""
-    rows = [(k, f"{v['mean']:.5g} ± {v['std']:.3g}", str(v["count"])) for k, v in summary["metrics"].items()]
-    rows += [(k, f"{v['mean']:.5g} ± {v['std']:.3g}", str(v["count"])) for k, v in summary.get("cost", {}).items()]
+    """A plain-text table ``metric | mean ± std | count`` of a ``summary.json`` (no ± for a single value)."""
+    rows = [(k, _cell(v), str(v["count"])) for k, v in summary["metrics"].items()]
+    rows += [(k, _cell(v), str(v["count"])) for k, v in summary.get("cost", {}).items()]
     if not rows:
         return "(no results)"
     w0 = max(len("metric"), *(len(r[0]) for r in rows))

@@ -16,10 +16,12 @@ LightningCLI as ``config.yaml``) and never in, or from, a prior checkpoint's hyp
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
 import signal
+import threading
 import time
 from typing import Any
 
@@ -36,6 +38,7 @@ from diffinv.priors.base import Prior
 from diffinv.priors.pixel import PixelPrior
 from diffinv.samplers.base import Sampler, posterior_stats
 
+from .diagnosis import Trajectory, failure_record, misfit_check
 from .panels import measurement_view, panel_info
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,9 @@ class InverseProblemSolver(LightningModule):
         metrics: metric names (``diffinv.metrics.METRICS``); ``None`` picks the problem family's defaults.
         operator: a forward model overriding the DataModule's ``operator``.
         progress_bar: show an inner progress bar over the sampler's steps (rank 0 only).
+        on_failure: an item whose solve fails (sampler divergence, forward-model blow-up, unreadable data):
+            ``"continue"`` records it (``<id>.failed.json``, counted in the summary) and goes on with the next;
+            ``"stop"`` records it and ends the run with its message.
         network, checkpoint, parameterization: instead of ``prior``, the network of a ``configs/prior/*.yaml``
             fit config (``PriorTraining``'s ``network``, kept by jsonargparse when the model class changes) and
             the weights to load into it: the prior is then ``PixelPrior(network, checkpoint, parameterization)``.
@@ -91,7 +97,7 @@ class InverseProblemSolver(LightningModule):
 
     def __init__(self, prior: Prior | None = None, sampler: Sampler | None = None, num_samples: int = 4,
                  seed: int = 0, metrics: list[str] | None = None, operator: Operator | None = None,
-                 progress_bar: bool = True, network: torch.nn.Module | None = None, checkpoint: str | None = None,
+                 progress_bar: bool = True, on_failure: str = "continue", network: torch.nn.Module | None = None, checkpoint: str | None = None,
                  parameterization: str = "auto"):
         super().__init__()
         if sampler is None:
@@ -120,6 +126,9 @@ class InverseProblemSolver(LightningModule):
         self.seed = int(seed)
         self.metric_names = None if metrics is None else list(metrics)
         self.progress_bar = progress_bar
+        if on_failure not in ("continue", "stop"):
+            raise ValueError(f"InverseProblemSolver: on_failure must be 'continue' or 'stop', got {on_failure!r}.")
+        self.on_failure = on_failure
         # kept out of the module tree: the operator is not part of the solver's state_dict
         self._ops: dict[str, Operator | None] = {"override": operator, "active": None}
 
@@ -182,17 +191,39 @@ class InverseProblemSolver(LightningModule):
         return None
 
     def _check_sigterm(self) -> None:
-        # Lightning's SIGTERM handler only records the signal; stop here (between or inside items) so that a
-        # pre-empted job ends promptly. Results already written are complete; the current item is redone.
         if self._trainer is not None and self.trainer.received_sigterm:
             raise SIGTERMException(128 + int(signal.SIGTERM))
 
-    def _callback(self, sample_id: str):
+    @contextlib.contextmanager
+    def _stop_on_sigterm(self):
+        """While an item is solved, SIGTERM stops the run at once, wherever it is (inside a sampler step or a
+        long forward-model call): Lightning's handler records the signal, then this one raises. Finished items
+        are complete on disk; the current one is redone by the next run. (Between items Lightning's handler
+        alone runs and ``_check_sigterm`` stops before the next item.)"""
+        if threading.current_thread() is not threading.main_thread() or self._trainer is None:
+            yield
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum, frame):
+            if callable(previous):
+                previous(signum, frame)
+            raise SIGTERMException(128 + int(signal.SIGTERM))
+
+        signal.signal(signal.SIGTERM, handler)
+        try:
+            self._check_sigterm()     # a signal that arrived just before
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _callback(self, sample_id: str, trajectory: Trajectory):
         show = (self.progress_bar and self.global_rank == 0 and self._trainer is not None
                 and self.trainer.progress_bar_callback is not None)
         state: dict[str, Any] = {"bar": None}
 
         def callback(step: int, num_steps: int, x: Tensor) -> None:
+            trajectory.record(step, num_steps, x)
             self._check_sigterm()
             if not show:
                 return
@@ -210,14 +241,38 @@ class InverseProblemSolver(LightningModule):
         return callback, close
 
     def solve(self, sample_id: str, x_true: Tensor, y_obs: Tensor) -> dict[str, Any]:
-        """Solve one item: ``x_true [1, *x]``, ``y_obs [1, ...]`` on the module's device."""
+        """Solve one item: ``x_true [1, *x]``, ``y_obs [1, ...]`` on the module's device. A failure (an
+        exception from the sampler, the forward model or the metrics, or non-finite samples) comes back as a
+        failure record (``diagnosis.failure_record``: id, sampler, step, likely cause), or is raised with that
+        message when ``on_failure="stop"``."""
+        sampler_name = type(self.sampler).__name__
+        trajectory = Trajectory()
+        t0 = time.perf_counter()
+        try:
+            return self._solve(sample_id, x_true, y_obs, trajectory)
+        except Exception as err:     # noqa: BLE001 - reported per item (SIGTERM / Ctrl-C are not Exceptions)
+            return self._failed(failure_record(sample_id, sampler_name, err, trajectory, time.perf_counter() - t0),
+                                err)
+
+    def _failed(self, failure: dict[str, Any], err: BaseException | None = None) -> dict[str, Any]:
+        failure["rank"] = self.global_rank
+        log.error("%s", failure["message"])
+        if self.on_failure == "stop":
+            writer = self._writer() if self._trainer is not None else None
+            if writer is not None:
+                writer.write_failure(failure)
+            raise RuntimeError(failure["message"] + " (model.init_args.on_failure: stop; 'continue' records "
+                               "failures and goes on with the next item)") from err
+        return failure
+
+    def _solve(self, sample_id: str, x_true: Tensor, y_obs: Tensor, trajectory: Trajectory) -> dict[str, Any]:
         op = operator_for(self.operator, sample_id)
         device = self.device
         g = torch.Generator(device=device).manual_seed(sample_seed(self.seed, f"{sample_id}/sampler"))
-        callback, close = self._callback(sample_id)
+        callback, close = self._callback(sample_id, trajectory)
         t0 = time.perf_counter()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self._stop_on_sigterm():
                 samples = self.sampler.sample(y_obs, op, self.prior, num_samples=self.num_samples, generator=g,
                                               callback=callback)
         finally:
@@ -225,34 +280,56 @@ class InverseProblemSolver(LightningModule):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
+        if not torch.isfinite(samples).all():
+            bad = int((~torch.isfinite(samples.reshape(samples.shape[0], -1))).any(1).sum())
+            trajectory.last = float("nan")
+            raise FloatingPointError(f"{bad} of {samples.shape[0]} returned samples are not finite")
         cost = dataclasses.asdict(self.sampler.cost) if dataclasses.is_dataclass(self.sampler.cost) \
             else dict(vars(self.sampler.cost))
         mean, std = posterior_stats(samples, self.num_samples)
-        metrics = evaluate_metrics(self.metric_names, samples, x_true, y_obs, op, mean=mean)
+        with self._stop_on_sigterm():
+            metrics = evaluate_metrics(self.metric_names, samples, x_true, y_obs, op, mean=mean)
+        checks = {}
+        misfit = misfit_check(op, y_obs, metrics.get("misfit"))
+        if misfit is not None:
+            checks["misfit"] = misfit
+            if misfit["flagged"]:
+                log.warning("%s: the posterior mean's misfit %.4g is %.3g x the noise level m / 2 = %.4g; %s did not "
+                            "fit the data (step size / guidance?)", sample_id, misfit["value"],
+                            misfit["value"] / misfit["reference"], misfit["reference"], type(self.sampler).__name__)
         y_view, y_label = measurement_view(op, y_obs, x_true.shape[1:])
         cpu = lambda t: None if t is None else t.detach().float().cpu()  # noqa: E731
         return {"id": sample_id, "samples": cpu(samples), "mean": cpu(mean[0]), "std": cpu(std[0]),
                 "x_true": cpu(x_true[0]), "y_obs": cpu(y_obs[0]), "y_view": cpu(y_view), "y_label": y_label,
                 "metrics": metrics, "cost": {k: int(v) for k, v in cost.items()}, "seconds": seconds,
                 "num_samples": self.num_samples, "sampler": type(self.sampler).__name__,
-                "kind": problem_kind(self.operator), "panel": panel_info(op, y_obs), "rank": self.global_rank}
+                "kind": problem_kind(self.operator), "panel": panel_info(op, y_obs), "rank": self.global_rank, "checks": checks}
 
     def predict_step(self, batch: dict, batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         writer = self._writer()
         results = []
+        errors = batch.get("error") or [None] * len(batch["id"])
         for i, sample_id in enumerate(batch["id"]):
             self._check_sigterm()
-            if writer is not None and writer.is_complete(sample_id):
-                log.info("skipping %s: its results are complete", sample_id)
+            if writer is not None and writer.status(sample_id) is not None:
+                log.info("skipping %s: it is %s", sample_id, writer.status(sample_id))
                 results.append({"id": sample_id, "skipped": True})
+                continue
+            if errors[i] is not None:        # the DataModule could not load or measure this item
+                results.append(self._item_failed(sample_id, errors[i]))
                 continue
             # Lightning runs predict under inference mode; samplers need autograd, so leave it for the solve
             # (cloning turns the batch's inference tensors into normal ones).
             with torch.inference_mode(False):
-                x_true = batch["x_true"][i:i + 1].clone()
-                y_obs = batch["y_obs"][i:i + 1].clone()
+                x_true = batch["x_true"][i][None].clone()
+                y_obs = batch["y_obs"][i][None].clone()
                 results.append(self.solve(sample_id, x_true, y_obs))
         return results
+
+    def _item_failed(self, sample_id: str, message: str) -> dict[str, Any]:
+        return self._failed({"id": sample_id, "failed": True, "sampler": type(self.sampler).__name__,
+                             "error": "DataError", "message": f"{sample_id}: could not be loaded: {message}",
+                             "step": None, "num_steps": None, "iterate_max_abs": None, "seconds": 0.0})
 
     def forward(self, batch: dict) -> list[dict[str, Any]]:
         return self.predict_step(batch)

@@ -75,6 +75,8 @@ def summary_table(summaries: dict[str, dict]) -> str:
             return "-"
         if key in ("nfe", "forward_calls"):
             return f"{stats['mean']:.0f}"
+        if not math.isfinite(stats["std"]):        # a single field has no spread
+            return f"{stats['mean']:.3g}"
         return f"{stats['mean']:.3g} ± {stats['std']:.2g}"
 
     head = ["algorithm", "fields", *[title for _, title in COLUMNS]]

@@ -309,5 +309,11 @@ def test_image_errors(tmp_path):
     from diffinv.operators.resize import PoolingSuperResolution
 
     op = PoolingSuperResolution(input_shape=(3, N, N), scale_factor=2)
-    with pytest.raises(ValueError, match="y.png"):
-        ImageFolderDataModule(root=str(tmp_path / "rgb"), resolution=N, operator=op).predict_dataloader()
+    # one unreadable file among readable ones: that item carries the error (a recorded failure in predict)
+    items = {it["id"]: it for it in ImageFolderDataModule(root=str(tmp_path / "rgb"), resolution=N,
+                                                          operator=op).predict_dataset()}
+    assert "y.png" in items["y"]["error"] and "x_true" in items["x"]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "z.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="none of the 1 images.*z.png"):      # nothing readable: fail fast
+        ImageFolderDataModule(root=str(tmp_path / "bad"), resolution=N, operator=op).predict_dataloader()
