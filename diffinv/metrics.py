@@ -80,6 +80,8 @@ def default_metrics(operator: Operator) -> list[str]:
     names = list(DEFAULTS[problem_kind(operator)])
     if "ssim" in names and min(operator.input_shape[-2:]) < 11:
         names.remove("ssim")
+    if names[:1] == ["psnr"] and tuple(operator.input_shape)[:1] == (3,):
+        names.insert(-1, "lpips")           # RGB images: the perceptual distance papers report
     return names
 
 

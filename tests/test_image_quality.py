@@ -205,3 +205,10 @@ def test_fid_with_inception_or_its_reason():
 def test_uint8_quantisation_is_that_of_a_png():
     x = torch.tensor([-1.0, -0.5, 0.997, 1.0, 1.7])
     assert image_quality.to_uint8(x).tolist() == [0, 64, 255, 255, 255]
+
+
+def test_rgb_problems_report_lpips_by_default():
+    from diffinv.metrics import default_metrics
+
+    assert default_metrics(Inpainting((3, 16, 16))) == ["psnr", "ssim", "lpips", "misfit"]
+    assert default_metrics(Inpainting((1, 16, 16))) == ["psnr", "ssim", "misfit"]
