@@ -1,7 +1,8 @@
 """``diffinv-compare``: one table and one figure from several ``diffinv predict`` result folders.
 
 Each folder holding a ``summary.json`` (searched recursively below the paths given) is one run: one sampler on
-one problem. The sampler is the run's sampler class (``--label CLASS=TEXT`` renames it); the problem is the
+one problem. The sampler is the run's sampler class (``--label CLASS=TEXT`` renames it; ``--label PATH=TEXT``
+names the run whose folder ends with PATH, e.g. two runs of one sampler with other settings); the problem is the
 folder above ``predictions/`` (``outputs/<problem>/predictions/<sampler>``, the layout ``diffinv predict``
 writes; ``--problem-label NAME=TEXT`` renames it). Out:
 
@@ -82,9 +83,15 @@ def read_run(summary_path: Path, labels: dict, problem_labels: dict) -> Run:
         raise SystemExit(f"diffinv-compare: cannot read {summary_path} ({err}); re-run `diffinv predict` there.")
     folder = summary_path.parent
     sampler = summary.get("sampler") or folder.name
+    label = labels.get(sampler, sampler)
+    # a label keyed by the end of the run's path (two runs of one sampler) wins over one keyed by class
+    parts = folder.resolve().parts
+    keyed = [(len(Path(k).parts), v) for k, v in labels.items() if parts[-len(Path(k).parts):] == Path(k).parts]
+    if keyed:
+        label = max(keyed)[1]
     problem = problem_name(folder)
     cost = summary.get("cost", {})
-    return Run(folder, problem_labels.get(problem, problem), labels.get(sampler, sampler), int(summary.get("count", 0)),
+    return Run(folder, problem_labels.get(problem, problem), label, int(summary.get("count", 0)),
                dict(summary.get("metrics", {})), _mean(cost.get("nfe")), _mean(cost.get("seconds")),
                dict(summary.get("unavailable") or {}))
 
@@ -286,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", nargs="+", default=None, help="metrics to tabulate (default: all)")
     p.add_argument("--plot-metric", default=None, help="metric of the figure (default: the first tabulated)")
     p.add_argument("--x", choices=("seconds", "nfe"), default="seconds", help="the figure's horizontal axis")
-    p.add_argument("--label", nargs="*", default=[], help="sampler labels, CLASS=TEXT")
+    p.add_argument("--label", nargs="*", default=[], help="sampler labels, CLASS=TEXT or PATH=TEXT")
     p.add_argument("--problem-label", nargs="*", default=[], help="problem labels, NAME=TEXT")
     p.add_argument("--item", default="item", help="what one item is, for the headers (e.g. field, image)")
     p.add_argument("--decimals", type=int, default=None, help="decimals of the table (default: 3 significant)")
@@ -299,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         other = seen.setdefault((r.problem, r.sampler), r)
         if other is not r:
             raise SystemExit(f"diffinv-compare: {other.folder} and {r.folder} are both {r.sampler} on {r.problem}; "
-                             f"give one of them another label (--label) or compare them separately.")
+                             f"label one by the end of its path (--label {Path(*r.folder.parts[-3:])}=TEXT) or "
+                             f"compare them separately.")
     if not args.no_fid:
         for r in runs:
             add_fid(r)

@@ -122,9 +122,16 @@ def test_errors_name_the_fix(runs, tmp_path):
         compare.main([str(tmp_path)])
     with pytest.raises(SystemExit, match="no run has the metric"):
         compare.main([str(runs), "--metrics", "rel_l2", "--out", str(tmp_path / "x"), "--no-fid"])
-    with pytest.raises(SystemExit, match="both DDRM on inpaint_box"):
-        compare.main([str(runs / "inpaint_box"), str(runs / "inpaint_random"), "--problem-label",
-                      "inpaint_random=inpaint_box", "--out", str(tmp_path / "y"), "--no-fid"])
+    same = ["--problem-label", "inpaint_random=inpaint_box", "--out", str(tmp_path / "y"), "--no-fid"]
+    with pytest.raises(SystemExit, match="both DDRM on inpaint_box.*--label inpaint_random/predictions/ddrm=TEXT"):
+        compare.main([str(runs / "inpaint_box"), str(runs / "inpaint_random"), *same])
+    # two runs of one sampler on one problem: labelled by the end of their paths
+    assert compare.main([str(runs / "inpaint_box"), str(runs / "inpaint_random"), *same, "--metrics", "psnr",
+                         "--label", "inpaint_random/predictions/ddrm=DDRM (random-mask run)", "PiGDM=ΠGDM",
+                         "inpaint_random/predictions/pigdm=ΠGDM (random-mask run)"]) == 0
+    md = (tmp_path / "y.md").read_text()
+    assert "| DDRM (random-mask run) |" in md and "| DDRM |" in md and "| ΠGDM |" in md
+    assert "| ΠGDM (random-mask run) |" in md
 
 
 def test_console_script_and_script_agree(runs, tmp_path):
