@@ -1,7 +1,7 @@
 """Natural images (FFHQ and image folders, super-resolution manifests): prior training (``fit``) and inverse
 problems (``predict``).
 
-Images are yielded as float32 ``[C, R, R]`` in ``[-1, 1]`` (DESIGN.md section 2), centre-cropped and resized
+Images are yielded as float32 ``[C, R, R]`` in ``[-1, 1]`` (the public FFHQ / LDM checkpoints' convention), centre-cropped and resized
 to ``resolution`` when needed (``diffinv.datasets.image_files``); single-channel files are replicated to 3
 channels when ``channels=3``; ids are the file stems (``00000`` ... for FFHQ).
 

@@ -1,9 +1,9 @@
 """Navier–Stokes vorticity fields for the EnKG / InverseBench fluid problem: prior training (``fit``) and
 inverse problems (``predict``).
 
-Units: every tensor this module yields is in the **prior's units, physical vorticity / 10** (DESIGN.md
-section 2), ``[1, N, N]`` per field; the operator (``diffinv.operators.navier_stokes.NavierStokes``) takes
-that and returns physical vorticity.
+Units: every tensor this module yields is in the **prior's units, physical vorticity / 10** (the scale the
+priors are trained on), ``[1, N, N]`` per field; the operator (``diffinv.operators.navier_stokes.NavierStokes``)
+takes that and returns physical vorticity.
 
 Two sources:
 

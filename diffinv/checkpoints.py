@@ -25,11 +25,19 @@ One entry point, :func:`load_state_dict_into`, on top of :func:`read_checkpoint`
 
 Any mismatch raises :class:`CheckpointMismatchError` (a ``ValueError``) listing missing,
 unexpected and wrongly shaped keys, the file, the prefix tried and the configuration that was
-expected. Nothing ever falls back to random weights.
+expected. Nothing ever falls back to random weights. A file torch cannot read (truncated, not a
+checkpoint) raises a ``ValueError`` naming the path, what was expected and the safe fix; no message ever
+suggests an unsafe load.
+
+Files of known identity are checked before they are read: :data:`PUBLIC_CHECKPOINTS` lists the public
+checkpoints diffinv's configs use, where each is published and, where the publisher gives them, its size and
+SHA-256 (:func:`verify_file`); a shipped prior's description (``diffinv.priors.description``) records the
+same for its weights. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from collections.abc import Mapping
@@ -41,6 +49,82 @@ from torch import nn
 
 PUBLIC_CHECKPOINTS_HELP = "checkpoints/README.md"   # where the project documents public checkpoint downloads
 _MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class PublicCheckpoint:
+    """A public checkpoint: its file name under ``checkpoints/public/``, what it is, where its authors publish
+    it, the diffinv config that uses it, and its size / SHA-256 when the publisher states them (None: not
+    published; the strict key and shape check is then the only guard)."""
+
+    name: str
+    what: str
+    source: str
+    config: str
+    size: int | None = None
+    sha256: str | None = None
+
+
+PUBLIC_CHECKPOINTS = {c.name: c for c in (
+    PublicCheckpoint(
+        "ffhq_10m.pt", "DPS FFHQ-256 ADM UNet (Chung et al. 2023), a raw state dict, 93,563,910 parameters",
+        "the Google Drive folder https://drive.google.com/drive/folders/1jElnRoFv7b31fG0v6pTSQkelbSX3xGZh linked "
+        "from https://github.com/DPS2022/diffusion-posterior-sampling (README, 'Download pretrained checkpoint')",
+        "configs/prior/dps_ffhq.yaml"),
+    PublicCheckpoint(
+        "ldm_ffhq_vq4.ckpt", "CompVis latent diffusion FFHQ-256 (LDM-VQ-4): UNet 274,056,163 + VQ-f4 first stage "
+        "55,322,782 parameters, a Lightning checkpoint (its model.ckpt)",
+        "https://ommer-lab.com/files/latent-diffusion/ffhq.zip (the 'FFHQ' row of the model zoo of "
+        "https://github.com/CompVis/latent-diffusion); unzip it and rename model.ckpt",
+        "configs/prior/ffhq_ldm_vq4.yaml"),
+    PublicCheckpoint(
+        "ns-5m.pt", "InverseBench / EnKG 2-D Navier-Stokes prior (EDMPrecond + DhariwalUNet, 128 x 128), "
+        "{ema, net, ...}, 26,790,785 parameters",
+        "the release 'diffusion-prior' of https://github.com/devzhk/InverseBench "
+        "(https://github.com/devzhk/InverseBench/releases/tag/diffusion-prior), file ns-5m.pt",
+        "configs/prior/inversebench_ns.yaml"),
+    PublicCheckpoint(
+        "blackhole.pt", "InverseBench black-hole prior (VPPrecond + SongUNet, 64 x 64), {ema, net, ...}, "
+        "20,041,217 parameters",
+        "the release 'diffusion-prior' of https://github.com/devzhk/InverseBench "
+        "(https://github.com/devzhk/InverseBench/releases/tag/diffusion-prior), file blackhole.pt",
+        "configs/prior/blackhole.yaml"),
+)}
+
+
+class ChecksumError(ValueError):
+    """A checkpoint file's size or SHA-256 is not the one recorded for it."""
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_file(path: str | os.PathLike, size: int | None, sha256: str | None, source: str) -> None:
+    """Raise :class:`ChecksumError` unless ``path`` has the expected size and SHA-256 (None: not checked);
+    ``source`` says where a good copy comes from."""
+    path = Path(path)
+    have = path.stat().st_size
+    if size is not None and have != size:
+        raise ChecksumError(f"{path} has {have:,} bytes, but {size:,} are expected: the file is truncated or another "
+                            f"file. Get it again from {source}.")
+    if sha256 is not None and sha256_of(path) != sha256.lower():
+        raise ChecksumError(f"{path} does not have the expected SHA-256 {sha256}: the file is damaged or another "
+                            f"file. Get it again from {source}.")
+
+
+def _not_found(path: Path) -> str:
+    known = PUBLIC_CHECKPOINTS.get(path.name)
+    msg = f"checkpoint not found: {path} (absolute: {path.absolute()})."
+    if known is not None:
+        return (f"{msg} {known.name} is the {known.what}; diffinv never downloads it: get it from {known.source}, "
+                f"and put it at {path} (see {PUBLIC_CHECKPOINTS_HELP}).")
+    return (f"{msg} Public checkpoints are not shipped with diffinv: see {PUBLIC_CHECKPOINTS_HELP} for where each "
+            f"is published and where to put it.")
 
 
 class CheckpointMismatchError(ValueError):
@@ -74,18 +158,36 @@ def _placeholder_for(name: str) -> type:
     return type(f"Placeholder[{name}]", (_Placeholder,), {"pickled_name": name})
 
 
+def _unreadable(path: Path, what: str) -> ValueError:
+    # torch's own messages are not repeated: some advise weights_only=False, an unsafe load
+    return ValueError(
+        f"cannot read the checkpoint {path} ({path.stat().st_size:,} bytes): {what}. diffinv expects a file written by "
+        f"torch.save (a state dict, a Lightning .ckpt or an InverseBench {{ema, net}} dict) or a .safetensors file, "
+        f"and reads it with torch.load(weights_only=True), which never runs code from the file. Copy or download the "
+        f"file again (a public checkpoint: from the source listed in {PUBLIC_CHECKPOINTS_HELP}), or export the "
+        f"weights again from their training run.")
+
+
 def _torch_load(path: Path) -> object:
     """``torch.load(weights_only=True)``; unknown globals come back as inert placeholders."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as first_error:
-        try:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:       # legacy (non-zip) files cannot be inspected: report the original problem
-            raise ValueError(f"cannot read {path} with torch.load(weights_only=True): {first_error}") from first_error
-        stand_ins = [(_placeholder_for(name), name) for name in names]
+    except pickle.UnpicklingError:
+        pass
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        damaged = "central directory" in str(err) or isinstance(err, EOFError)
+        raise _unreadable(path, "the file is truncated or damaged (its zip archive is incomplete)" if damaged
+                          else f"torch.load failed ({type(err).__name__})") from None
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:       # noqa: BLE001 - not a zip checkpoint: legacy pickle or not a checkpoint at all
+        raise _unreadable(path, "it is not a PyTorch checkpoint (its pickle data cannot be read safely)") from None
+    stand_ins = [(_placeholder_for(name), name) for name in names]
+    try:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:       # noqa: BLE001 - see _unreadable
+        raise _unreadable(path, "its pickle data cannot be read safely") from None
 
 
 def _is_tensor_dict(obj: object) -> bool:
@@ -118,9 +220,10 @@ def _select(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str]:
                 kind = getattr(type(obj[key]), "pickled_name", type(obj[key]).__name__)
                 raise ValueError(
                     f"{path}: entry {key!r} is a {kind}, not a mapping of tensor names to tensors. diffinv loads "
-                    "weights with torch.load(weights_only=True) only, which cannot rebuild a pickled nn.Module. "
-                    "Convert the file once, in an environment you trust: load it with weights_only disabled and "
-                    f"re-save {{{key!r}: ckpt[{key!r}].state_dict()}} with torch.save.")
+                    "weights with torch.load(weights_only=True) only, which cannot rebuild a pickled nn.Module "
+                    "(that would run code from the file). Use a file that holds these weights as tensors: "
+                    f"{{{key!r}: module.state_dict()}} saved with torch.save, or a .safetensors export, from the "
+                    "training run or the publisher.")
             sd, entry = dict(obj[key]), repr(key)
             break
         else:
@@ -141,9 +244,10 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
         raise FileNotFoundError(f"{path} is a directory; pass the weights file inside it (e.g. "
                                 f"{path / 'model.safetensors'} of a Hugging Face snapshot)")
     if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint not found: {path} (absolute: {path.absolute()}). Public checkpoints are not shipped with "
-            f"diffinv: see {PUBLIC_CHECKPOINTS_HELP} for where to download them and where to put them.")
+        raise FileNotFoundError(_not_found(path))
+    known = PUBLIC_CHECKPOINTS.get(path.name)
+    if known is not None and (known.size is not None or known.sha256 is not None):
+        verify_file(path, known.size, known.sha256, known.source)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

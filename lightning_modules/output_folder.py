@@ -25,6 +25,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def default_output_dir(root: str | os.PathLike, sampler_name: str | None, requested: str | None = None) -> Path:
+    """The prediction folder of a run: ``requested``, else ``<root>/predictions/<sampler name, lower case>``
+    (a stable folder, so that re-running the same command resumes it). The CLI puts TensorBoard logs there too."""
+    if requested is not None:
+        return Path(requested)
+    return Path(root) / "predictions" / (sampler_name.lower() if sampler_name else "results")
+
+
 def _file_mode() -> int:
     old = os.umask(0o022)
     os.umask(old)

@@ -1,4 +1,4 @@
-"""``PredictionWriter``: per-sample results of ``diffinv predict``, written atomically (DESIGN.md section 6).
+"""``PredictionWriter``: per-sample results of ``diffinv predict``, written atomically.
 
 For each solved id, in ``output_dir``:
 
@@ -41,9 +41,10 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from .output_folder import FolderLock, atomic_write, file_digest, json_bytes, read_json, verify_record
 from diffinv.metrics import unavailable
 
+from .output_folder import (FolderLock, atomic_write, default_output_dir, file_digest, json_bytes, read_json,
+                            verify_record)
 from .panels import render_item
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,9 @@ class PredictionWriter(BasePredictionWriter):
 
     # ------------------------------------------------------------------ setup
     def resolve_output_dir(self, trainer: Trainer, pl_module: LightningModule) -> Path:
-        if self.requested_dir is not None:
-            return Path(self.requested_dir)
         sampler = getattr(pl_module, "sampler", None)
-        name = type(sampler).__name__.lower() if sampler is not None else "results"
-        return Path(trainer.default_root_dir) / "predictions" / name
+        return default_output_dir(trainer.default_root_dir, type(sampler).__name__ if sampler is not None else None,
+                                  self.requested_dir)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "predict":

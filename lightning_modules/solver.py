@@ -1,4 +1,4 @@
-"""``InverseProblemSolver``: the LightningModule behind ``diffinv predict`` (DESIGN.md section 6).
+"""``InverseProblemSolver``: the LightningModule behind ``diffinv predict``.
 
 It holds a prior and a sampler (``diffinv.samplers``); the forward model comes from the DataModule
 (``trainer.datamodule.operator``) unless ``operator`` overrides it. Before any sampling (``setup``) it
@@ -35,6 +35,7 @@ from diffinv.metrics import check_metric_names, default_metrics, problem_kind
 from diffinv.metrics import evaluate as evaluate_metrics
 from diffinv.operators.base import Operator
 from diffinv.priors.base import Prior
+from diffinv.priors.description import check_problem
 from diffinv.priors.pixel import PixelPrior
 from diffinv.samplers.base import Sampler, posterior_stats
 
@@ -154,6 +155,8 @@ class InverseProblemSolver(LightningModule):
             raise ValueError(f"InverseProblemSolver only runs `diffinv predict` (got stage {stage!r}); train priors "
                              f"with a configs/prior/*.yaml config (lightning_modules.prior_training.PriorTraining).")
         op = self._source_operator()
+        check_problem(getattr(self.prior, "description", None), getattr(self.prior, "checkpoint", None),
+                      problem_kind(op), type(op).__name__)
         check_shapes(self.prior, op)
         self.sampler.check(op, self.prior)
         names = self.metric_names if self.metric_names is not None else default_metrics(op)

@@ -56,8 +56,8 @@ def data_root(explicit: str | None) -> str:
 
 
 def prior_arguments(prior_config: Path, checkpoint: Path) -> list[str]:
-    """Where the checkpoint goes: a fit config (PriorTraining ``network``) takes it as the solver's
-    ``checkpoint``; a config with a ``prior`` (PixelPrior) takes it as the prior's."""
+    """Where the checkpoint goes: a prior config with a ``network`` takes it as the solver's ``checkpoint``; one
+    with a ``prior`` (PixelPrior / LatentPrior) takes it as the prior's."""
     init = (yaml.safe_load(prior_config.read_text()).get("model") or {}).get("init_args") or {}
     if "network" in init:
         return ["--model.init_args.checkpoint", str(checkpoint)]
@@ -102,8 +102,7 @@ def solve(algorithms: list[str], fields: int, downsample: int, output: Path, pri
              "--data.init_args.root", data or data_root(None),
              "--data.init_args.num_test", str(fields), "--data.init_args.max_items", str(fields),
              "--data.init_args.operator.init_args.downsample", str(downsample),
-             "--trainer.default_root_dir", str(output),
-             "--trainer.logger.init_args.save_dir", str(output), *extra]
+             "--trainer.default_root_dir", str(output), *extra]
     summaries = {}
     for name in algorithms:
         cmd = [sys.executable, "-m", "lightning_modules.cli", "predict", *common, "--config", str(SAMPLERS[name]),
@@ -127,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     p.add_argument("--data-root", help="Navier–Stokes dataset folder (default: see the module docstring)")
     p.add_argument("--output", type=Path, default=OUTPUT)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default 1: measured fastest here, see the README's 'Threads')")
     args = p.parse_args(argv)
 
     for path, what in ((args.prior_config, "prior config"), (args.checkpoint, "prior checkpoint")):
@@ -134,12 +135,14 @@ def main(argv: list[str] | None = None) -> int:
             fail(f"the Navier–Stokes {what} {path} is missing. The shipped prior is part of the repository "
                  f"(checkpoints/ns64/ns64.pt, configs/prior/ns64.yaml): restore it with `git checkout -- "
                  f"checkpoints/ns64 configs/prior/ns64.yaml`, or train it with `diffinv fit --config "
-                 f"configs/prior/ns64.yaml` and pass --checkpoint outputs/fit/ns64/checkpoints/last.ckpt.")
+                 f"configs/fit/ns64.yaml` and pass --checkpoint outputs/fit/ns64/checkpoints/last.ckpt.")
     if args.fields < 1:
         fail(f"--fields must be >= 1, got {args.fields}")
 
+    extra = [] if args.threads is None else ["--threads", str(args.threads)]
     summaries = solve(args.algorithms, fields=args.fields, downsample=args.downsample, output=args.output,
-                      prior_config=args.prior_config, checkpoint=args.checkpoint, data=data_root(args.data_root))
+                      prior_config=args.prior_config, checkpoint=args.checkpoint, data=data_root(args.data_root),
+                      extra=extra)
     print(f"\nNavier–Stokes, 64 x 64, subsampling {args.downsample}, noise sigma 1: posterior mean vs truth "
           f"(mean ± std over fields)")
     print(summary_table(summaries))

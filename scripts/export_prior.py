@@ -1,11 +1,15 @@
-"""Turn a ``diffinv fit`` run into a shipped prior: EMA weights only, a loss-curve PNG, a grid of
-unconditional samples next to training samples, and a model card.
+"""Turn a ``diffinv fit`` run into a shipped prior: EMA weights only, their description, a loss-curve PNG, a
+grid of unconditional samples next to training samples, and a model card.
 
-    python scripts/export_prior.py --config configs/prior/ns64.yaml --run outputs/fit/ns64 \\
-        --out checkpoints/ns64 --name ns64 [--cmap RdBu_r] [--num-images 16] [--sample-steps 32]
+    python scripts/export_prior.py --config configs/fit/ns64.yaml --run outputs/fit/ns64 \\
+        --out checkpoints/ns64 --name ns64 --problem navier_stokes [--prior-config configs/prior/ns64.yaml] \\
+        [--data "one paragraph on the training data"] [--cmap RdBu_r] [--num-images 16] [--sample-steps 32]
 
-The weights file holds the network's state dict (the EMA copy that ``EMAWeightAveraging`` saved under
-``state_dict``), written atomically; load it with ``PixelPrior(network, checkpoint=...)``.
+The weights file ``<name>.pt`` holds the network's state dict (the EMA copy that ``EMAWeightAveraging`` saved
+under ``state_dict``), written atomically. ``<name>.prior.json`` describes it (``diffinv.priors.description``:
+network class and arguments from the fit config, parameterisation, problem family, training-data shape and
+statistics, size and SHA-256 of the weights); loading the weights checks them against it. Use it with
+``diffinv.priors.load_prior(<prior config>)`` or ``diffinv predict --config <prior config> ...``.
 """
 from __future__ import annotations
 
@@ -24,10 +28,15 @@ import torch  # noqa: E402
 from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import yaml  # noqa: E402
+
 from diffinv.checkpoints import load_state_dict_into  # noqa: E402
 from diffinv.diffusion import karras_sigmas, sample_sde  # noqa: E402
 from diffinv.priors import PixelPrior  # noqa: E402
+from diffinv.priors.description import description_path, make_description  # noqa: E402
 from lightning_modules.cli import DiffinvCLI  # noqa: E402
+
+PROBLEMS = ("navier_stokes", "blackhole", "image", "generic")   # diffinv.metrics.problem_kind
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -64,8 +73,12 @@ def main(argv=None) -> None:
     p.add_argument("--num-images", type=int, default=16)
     p.add_argument("--sample-steps", type=int, default=32)
     p.add_argument("--title", default=None, help="model card title")
-    p.add_argument("--data", default="", help="model card: one paragraph on the training data")
+    p.add_argument("--data", default="", help="model card and description: one paragraph on the training data")
+    p.add_argument("--problem", required=True, choices=PROBLEMS, help="the problem family the prior is for")
+    p.add_argument("--prior-config", default=None, help="the predict-side config of the prior (default: "
+                   "configs/prior/<name>.yaml)")
     args = p.parse_args(argv)
+    args.prior_config = args.prior_config or f"configs/prior/{args.name}.yaml"
 
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,9 +88,11 @@ def main(argv=None) -> None:
                      parser_kwargs={"parser_mode": "omegaconf"}, auto_configure_optimizers=False,
                      save_config_callback=None)
     network = cli.model.network
+    parameterization = "vp_epsilon" if cli.model.loss_name == "vp_epsilon" else "edm"
     info = load_state_dict_into(network, ckpt)                          # EMA weights (state_dict), strict
     meta = torch.load(ckpt, map_location="cpu", weights_only=True)
     weights = out / f"{args.name}.pt"
+    description_path(weights).unlink(missing_ok=True)     # describes the previous weights: rewritten below
     _atomic_save({k: v.detach().clone() for k, v in network.state_dict().items()}, weights)
 
     # loss curve
@@ -122,6 +137,15 @@ def main(argv=None) -> None:
         "train_stats": {"mean": float(train.mean()), "std": float(train.std())},
     }
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    net_spec = yaml.safe_load(Path(args.config).read_text())["model"]["init_args"]["network"]
+    description = make_description(
+        weights, net_spec, parameterization, args.problem,
+        {"description": args.data, "shape": list(prior.event_shape), "mean": summary["train_stats"]["mean"],
+         "std": summary["train_stats"]["std"]},
+        {"config": args.config, "run": str(run), "global_step": summary["global_step"],
+         "parameters": summary["parameters"], "final_val_loss": summary["final_val_loss"],
+         "exported_by": "scripts/export_prior.py"})
+    description_path(weights).write_text(json.dumps(description, indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(model_card(args, summary, cli.model.network))
     print(json.dumps(summary, indent=2))
 
@@ -133,8 +157,10 @@ def model_card(args, summary: dict, network) -> str:
 | | |
 |---|---|
 | weights | `{summary['weights']}` (EMA weights only, a plain state dict; `torch.load(weights_only=True)`) |
+| description | `{args.name}.prior.json`: network, parameterisation, problem family ({args.problem}), training data, SHA-256; checked at load time |
 | network | `{type(network).__name__}` wrapping `{type(network.model).__name__}`, {summary['parameters']:,} parameters |
-| config | `{summary['config']}` (`diffinv fit --config {summary['config']}`) |
+| prior config | `{args.prior_config}` (`diffinv predict --config {args.prior_config} ...`) |
+| training config | `{summary['config']}` (`diffinv fit --config {summary['config']}`) |
 | optimiser steps | {summary['global_step']} |
 | final training loss (mean of the last 10 logged) | {summary['final_train_loss_mean_last_10']:.4f} |
 | final validation loss (EMA weights) | {'n/a' if val is None else f'{val:.4f}'} |
@@ -156,11 +182,15 @@ def model_card(args, summary: dict, network) -> str:
 ## Use
 
 ```python
-prior = PixelPrior(network, checkpoint="checkpoints/{args.name}/{summary['weights']}")
+import torch
+from diffinv.priors import load_prior
+
+prior = load_prior("{args.prior_config}")     # network + checkpoints/{args.name}/{summary['weights']}, checked
+x = torch.randn(2, *prior.event_shape)
+x0_hat = prior.denoise(x, 1.0)                 # E[x0 | x], x = x0 + 1.0 n
 ```
 
-or `diffinv predict --config {summary['config']} --config configs/problem/... --config configs/sampler/...
---model.init_args.checkpoint checkpoints/{args.name}/{summary['weights']}`.
+or `diffinv predict --config {args.prior_config} --config configs/problem/... --config configs/sampler/...`.
 
 Exported from `{args.run}` by `scripts/export_prior.py`.
 """

@@ -56,7 +56,7 @@ def test_predict_ddp_writes_each_id_once(tmp_path):
 
 
 def test_fit_ddp_two_steps_saves_a_checkpoint(tmp_path):
-    cfg = yaml.safe_load((ROOT / "configs" / "prior" / "tiny_cpu.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "configs" / "fit" / "tiny_cpu.yaml").read_text())
     trainer = cfg["trainer"]
     trainer.update(max_steps=2, default_root_dir=str(tmp_path / "fit"), val_check_interval=None,
                    check_val_every_n_epoch=None, limit_val_batches=0, enable_progress_bar=False, logger=False)

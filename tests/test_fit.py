@@ -1,4 +1,4 @@
-"""``diffinv fit``: prior training end to end on CPU with configs/prior/tiny_cpu.yaml, plus the losses,
+"""``diffinv fit``: prior training end to end on CPU with configs/fit/tiny_cpu.yaml, plus the losses,
 the image grid and the network sections of the full-size configs.
 
 The CLI runs in-process (``lightning_modules.cli.main``) in a temporary working directory, so the
@@ -22,7 +22,7 @@ from diffinv.networks import EDMPrecond, UNetModel, VPPrecond
 from diffinv.priors.pixel import PixelPrior
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "prior" / "tiny_cpu.yaml"
+CONFIG = ROOT / "configs" / "fit" / "tiny_cpu.yaml"
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "checkpoint_compat"
 OUT = Path("outputs/fit/tiny")
 
@@ -243,7 +243,7 @@ def test_make_grid_layout():
 def test_full_size_config_networks_match_public_checkpoints(config, manifest):
     """The network each config trains has exactly the state-dict layout of the public checkpoint it
     fine-tunes from / reproduces (built on the meta device: no memory, no time)."""
-    net = yaml.safe_load((ROOT / "configs" / "prior" / config).read_text())["model"]["init_args"]["network"]
+    net = yaml.safe_load((ROOT / "configs" / "fit" / config).read_text())["model"]["init_args"]["network"]
     cls = {"diffinv.networks.UNetModel": UNetModel, "diffinv.networks.EDMPrecond": EDMPrecond,
            "diffinv.networks.VPPrecond": VPPrecond}[net["class_path"]]
     with torch.device("meta"):
@@ -260,7 +260,7 @@ def test_full_size_configs_parse(config, monkeypatch, capsys):
 
     monkeypatch.setattr(sys, "argv", ["diffinv"])
     with pytest.raises(SystemExit) as done:
-        main(["fit", "--config", str(ROOT / "configs" / "prior" / config), "--print_config"])
+        main(["fit", "--config", str(ROOT / "configs" / "fit" / config), "--print_config"])
     assert done.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"] == "lightning_modules.prior_training.PriorTraining"

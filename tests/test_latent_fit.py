@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "configs" / "prior" / "tiny_latent_cpu.yaml"
+CONFIG = REPO / "configs" / "fit" / "tiny_latent_cpu.yaml"
 
 
 def _prepare_data(tmp_path: Path) -> Path:

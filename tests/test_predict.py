@@ -174,7 +174,7 @@ def _prior_for(problem: str, sampler: str) -> str:
         return "configs/prior/ffhq_ldm_vq4.yaml"
     if problem.startswith("ns_"):
         return "configs/prior/ns64.yaml"
-    return "configs/prior/blackhole.yaml" if problem.startswith("blackhole") else "configs/prior/dps_ffhq_finetune.yaml"
+    return "configs/prior/blackhole.yaml" if problem.startswith("blackhole") else "configs/prior/dps_ffhq.yaml"
 
 
 def test_shipped_configs_compose(capsys):
@@ -219,7 +219,7 @@ def test_demo_without_the_shipped_checkpoint_names_the_fix(tmp_path, capsys):
         demo.main(["--checkpoint", str(tmp_path / "missing.ckpt"), "--output", str(tmp_path / "out")])
     assert err.value.code == 2
     msg = capsys.readouterr().err
-    assert "missing.ckpt" in msg and "checkpoints/ns64" in msg and "diffinv fit --config configs/prior/ns64.yaml" in msg
+    assert "missing.ckpt" in msg and "checkpoints/ns64" in msg and "diffinv fit --config configs/fit/ns64.yaml" in msg
     table = demo.summary_table({"EnKG": {"count": 2, "metrics": {"rel_l2": {"mean": 0.25, "std": 0.01}},
                                          "cost": {"nfe": {"mean": 66.0, "std": 0.0}}}})
     assert "EnKG" in table.splitlines()[2] and "0.25 ± 0.01" in table and "66" in table

@@ -35,7 +35,7 @@ def dry_run(capsys, *argv: str) -> list[str]:
 
 
 COMMON = ["-p", "proj", "-i", "reg/diffinv:1", "--data-pvc", "datasets", "--output-pvc", "results"]
-CONFIG = ["--", "--config", "configs/prior/tiny_cpu.yaml"]
+CONFIG = ["--", "--config", "configs/fit/tiny_cpu.yaml"]
 
 
 def test_single_pod_fit(capsys):
@@ -45,7 +45,7 @@ def test_single_pod_fit(capsys):
     assert "claimname=datasets,path=/mnt/data" in cmd and "claimname=results,path=/mnt/outputs" in cmd
     assert cmd[-5:-1] == ["--command", "--", "bash", "-c"]
     script = cmd[-1]
-    assert "diffinv fit --config configs/prior/tiny_cpu.yaml --trainer.devices=1" in script
+    assert "diffinv fit --config configs/fit/tiny_cpu.yaml --trainer.devices=1" in script
     assert "torchrun" not in script and "--workers" not in cmd
 
 
@@ -57,7 +57,7 @@ def test_distributed_fit(capsys, workers):
     script = cmd[-1]
     assert ('torchrun --nnodes="${PET_NNODES:-$WORLD_SIZE}" --nproc-per-node=8 --rdzv-backend=c10d '
             '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"') in script
-    assert "-m lightning_modules.cli fit --config configs/prior/tiny_cpu.yaml" in script
+    assert "-m lightning_modules.cli fit --config configs/fit/tiny_cpu.yaml" in script
     assert '--trainer.num_nodes="${PET_NNODES:-$WORLD_SIZE}" --trainer.devices=8 --trainer.strategy=ddp' in script
     assert "/mnt/outputs/\"${JOB_NAME" in script          # logs under the output volume, per job
 
@@ -95,7 +95,7 @@ def test_pod_script_runs(tmp_path, capsys):
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [
         "torchrun", "--nnodes=5", "--nproc-per-node=2", "--rdzv-backend=c10d", "--rdzv-endpoint=job-master-0:23456",
-        "--rdzv-id=u-1", "-m", "lightning_modules.cli", "fit", "--config", "configs/prior/tiny_cpu.yaml",
+        "--rdzv-id=u-1", "-m", "lightning_modules.cli", "fit", "--config", "configs/fit/tiny_cpu.yaml",
         "--trainer.num_nodes=5", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=gpu"]
     assert (repo / "outputs").resolve() == (out / "job").resolve() and (out / "job").is_dir()
     assert (repo / "data").resolve() == data.resolve()

@@ -47,7 +47,7 @@ and finite differences (gradcheck) agree with backprop. Samples that have arrive
 A fixed step is available too (``dt=...``): ``n = ceil(T / dt)`` equal steps of ``T / n``.
 
 Units: the operator's input is the prior's field, physical vorticity / ``scale`` (``scale = 10``,
-DESIGN.md section 2); the output ``w(T)[..., ::ds, ::ds]`` and the noise sigma are physical vorticity.
+the scale the priors are trained on); the output ``w(T)[..., ::ds, ::ds]`` and the noise sigma are physical vorticity.
 """
 from __future__ import annotations
 

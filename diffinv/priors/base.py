@@ -1,4 +1,4 @@
-"""The prior contract (DESIGN.md section 3): every prior is used through ``denoise(x, sigma) = E[x0 | x]``
+"""The prior contract: every prior is used through ``denoise(x, sigma) = E[x0 | x]``
 for ``x = x0 + sigma n``; the score follows from Tweedie's formula."""
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 CVPR 2022): a first-stage autoencoder (the VQ-f4 model of ``ffhq-ldm-vq-4``) and an epsilon UNet on its
 latents, with the LDM schedule (1000 steps, sqrt-linear betas 0.0015 -> 0.0195, epsilon prediction).
 
-Contract (DESIGN.md section 3):
+Contract (that of every diffinv prior, ``diffinv.priors.base``):
 
 * ``event_shape`` is the *latent* shape ``[C_z, h, w]``; ``pixel_shape`` the image shape ``[C, f h, f w]``.
 * ``encode(x) = scale_factor * E(x)`` with ``E`` the unquantised first-stage encoder (LDM's
@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ..checkpoints import CheckpointMismatchError, load_state_dict_into, read_checkpoint
 from ..diffusion import DiscreteVPSchedule, VPEpsilonDenoiser
 from .base import DenoiserPrior
+from .description import read_description
 
 
 def _unet_latent_shape(unet: nn.Module) -> tuple[int, int, int]:
@@ -77,6 +78,8 @@ class LatentPrior(DenoiserPrior):
         self.schedule = sched
         self.quantize_decode = quantize_decode
         self.checkpoint = checkpoint
+        # a description (<name>.prior.json) is checked against the file; the solver checks its problem family
+        self.description = read_description(checkpoint) if checkpoint is not None else None
         stored_scale = None
         if checkpoint is not None:
             stored_scale = self._load(checkpoint, load_first_stage=first_stage_checkpoint is None)

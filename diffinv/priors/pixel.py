@@ -2,10 +2,13 @@
 
 * EDM-family preconditioners (``EDMPrecond``, ``VPPrecond``) already are ``D(x, sigma)``;
 * VP epsilon networks (guided-diffusion / DPS ``UNetModel``) go through ``VPEpsilonDenoiser`` with
-  their discrete schedule (DESIGN.md section 3).
+  their discrete schedule: the network sees ``sqrt(abar) x`` at the timestep of ``sigma =
+  sqrt((1 - abar) / abar)`` and ``x0_hat = x - sigma eps_hat``.
 
 The checkpoint is loaded strictly (``diffinv.checkpoints.load_state_dict_into``): a mismatch is an
-error, never a silently random prior.
+error, never a silently random prior. A checkpoint with a description (``<name>.prior.json``, see
+``diffinv.priors.description``) is first checked against it: file hash, network class and arguments,
+parameterisation; ``prior.description`` keeps it (the solver checks its problem family).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from torch import nn
 from ..checkpoints import load_state_dict_into
 from ..diffusion import DiscreteVPSchedule, VPEpsilonDenoiser
 from .base import DenoiserPrior
+from .description import check_network, read_description
 
 
 def _infer_event_shape(network: nn.Module) -> tuple[int, int, int]:
@@ -38,7 +42,11 @@ class PixelPrior(DenoiserPrior):
             parameterization = "edm" if hasattr(network, "sigma_data") or hasattr(network, "beta_d") else "vp_epsilon"
         if parameterization not in ("edm", "vp_epsilon"):
             raise ValueError(f"unknown parameterization {parameterization!r}; allowed: 'auto', 'edm', 'vp_epsilon'")
+        description = None
         if checkpoint is not None:
+            description = read_description(checkpoint)
+            if description is not None:
+                check_network(description, network, parameterization, checkpoint)
             load_state_dict_into(network, checkpoint, prefix=checkpoint_prefix)
         if parameterization == "edm":
             denoiser = network
@@ -53,6 +61,7 @@ class PixelPrior(DenoiserPrior):
                          sigma_min if sigma_min is not None else lo, sigma_max if sigma_max is not None else hi)
         self.parameterization = parameterization
         self.checkpoint = checkpoint
+        self.description = description
 
     @property
     def network(self) -> nn.Module:

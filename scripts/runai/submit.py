@@ -3,10 +3,10 @@
 
     # one pod, one GPU
     python scripts/runai/submit.py fit ns64-fit -p myproject -i registry/diffinv:latest \\
-        --data-pvc datasets --output-pvc results -- --config configs/prior/inversebench_ns.yaml
+        --data-pvc datasets --output-pvc results -- --config configs/fit/inversebench_ns.yaml
     # distributed: a master pod + 4 worker pods (5 nodes) x 8 GPUs, DDP through torchrun
     python scripts/runai/submit.py fit ns-big -p myproject -i registry/diffinv:latest --workers 4 --gpus 8 \\
-        --data-pvc datasets --output-pvc results -- --config configs/prior/inversebench_ns.yaml
+        --data-pvc datasets --output-pvc results -- --config configs/fit/inversebench_ns.yaml
     # predict over a problem (several GPUs split the ids; each id is written once)
     python scripts/runai/submit.py predict ns-enkg -p myproject -i registry/diffinv:latest --gpus 4 \\
         --data-pvc datasets --output-pvc results -- --config configs/prior/ns64.yaml \\
@@ -27,7 +27,7 @@ What runs in every pod (``bash -c``), from the repository in the image (``--work
    runs ``torchrun --nnodes=$PET_NNODES --nproc-per-node=G --rdzv-backend=c10d
    --rdzv-endpoint=$MASTER_ADDR:$MASTER_PORT -m lightning_modules.cli ...`` so that Lightning sees a
    TorchElastic environment, with ``--trainer.num_nodes`` / ``--trainer.devices`` / ``--trainer.strategy ddp``
-   matching it (REFERENCES.md, "Run:AI").
+   matching it (Lightning detects TorchElastic first; it never detects the Kubeflow environment by itself).
 
 CLI forms (``--legacy-cli`` for clusters with the older CLI):
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         diffinv_args = []
     args = parser().parse_args(argv)
     if not any(a == "--config" or a.startswith("--config=") for a in diffinv_args):
-        parser().error("give the diffinv configs after `--`, e.g. -- --config configs/prior/tiny_cpu.yaml")
+        parser().error("give the diffinv configs after `--`, e.g. -- --config configs/fit/tiny_cpu.yaml")
     cmd = build_command(args, diffinv_args)
     if args.dry_run:
         pods = f"1 master + {args.workers} workers = {args.workers + 1} pods" if args.workers else "1 pod"
