@@ -175,9 +175,11 @@ def _torch_load(path: Path) -> object:
     except pickle.UnpicklingError:
         pass
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        damaged = "central directory" in str(err) or isinstance(err, EOFError)
-        raise _unreadable(path, "the file is truncated or damaged (its zip archive is incomplete)" if damaged
-                          else f"torch.load failed ({type(err).__name__})") from None
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"       # torch.save's format: a zip archive
+        raise _unreadable(path, "the file is truncated or damaged (a zip archive that cannot be read to its end)"
+                          if zipped or isinstance(err, EOFError) else f"torch.load failed ({type(err).__name__})") \
+            from None
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:       # noqa: BLE001 - not a zip checkpoint: legacy pickle or not a checkpoint at all

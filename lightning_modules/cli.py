@@ -186,12 +186,22 @@ class DiffinvCLI(LightningCLI):
 
 
 def _remove_if_empty(logger) -> None:
-    """Remove a TensorBoard version folder that holds no event file (a run that failed before logging)."""
+    """Remove a TensorBoard version folder in which nothing was logged (a run that failed before its first
+    value: Lightning creates the event file, config.yaml and hparams.yaml while setting up)."""
     if not isinstance(logger, TensorBoardLogger):
         return
     folder = Path(logger.log_dir)
-    if folder.is_dir() and not any(p.name.startswith("events.out.tfevents") for p in folder.rglob("*")):
-        shutil.rmtree(folder, ignore_errors=True)
+    if not folder.is_dir():
+        return
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for events in folder.rglob("events.out.tfevents*"):
+        try:
+            if any(e.HasField("summary") and len(e.summary.value) for e in EventFileLoader(str(events)).Load()):
+                return
+        except Exception:       # noqa: BLE001 - unreadable: keep the folder
+            return
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(args: list[str] | None = None) -> None:

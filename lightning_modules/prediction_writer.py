@@ -68,16 +68,6 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
             "count": int(v.size), "nonfinite": int(v.size - finite.size)}
 
 
-def _flat(prefix: str, obj: Any) -> dict[str, Any]:
-    """Nested dicts as ``a/b`` keys with TensorBoard-friendly values (numbers, strings, bools)."""
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flat(f"{prefix}/{k}" if prefix else str(k), v))
-        return out
-    return {prefix: obj if isinstance(obj, (int, float, str, bool)) else str(obj)}
-
-
 class PredictionWriter(BasePredictionWriter):
     """Args:
         output_dir: where results go; default ``<trainer.default_root_dir>/predictions/<sampler name>`` (a
@@ -327,7 +317,7 @@ class PredictionWriter(BasePredictionWriter):
         scalars = {f"predict/{k}_mean": v["mean"] for k, v in summary["metrics"].items() if math.isfinite(v["mean"])}
         scalars.update({"predict/count": summary["count"], "predict/failed": summary["failed"]})
         sig_fn = getattr(pl_module, "run_signature", None)
-        hparams = _flat("", json.loads(json.dumps(sig_fn(), default=str))) if sig_fn is not None else {}
+        hparams = json.loads(json.dumps(sig_fn(), default=str)) if sig_fn is not None else {}
         for logger in trainer.loggers:
             # the run's settings, with the metric means for TensorBoard's HPARAMS view (compare samplers)
             logger.log_hyperparams(hparams, scalars) if isinstance(logger, TensorBoardLogger) \

@@ -11,14 +11,17 @@ the wall time. Items whose results are already complete on disk (asked of the ``
 skipped before sampling, so a re-run redoes nothing. ``predict_step`` calls no collectives (Lightning's
 predict sampler may give ranks unequal numbers of batches).
 
-Nothing here calls ``save_hyperparameters``: sampler and problem settings live in the configs (saved by
-LightningCLI as ``config.yaml``) and never in, or from, a prior checkpoint's hyper-parameters.
+The run's settings (``run_signature``: sampler and its arguments, samples, seeds, prior, checkpoint, operator)
+become its hyper-parameters in ``setup``, for the loggers only (hparams.yaml, TensorBoard's HPARAMS view):
+predict saves no checkpoint, and the CLI refuses ``--ckpt_path``, so nothing is ever merged from a prior
+checkpoint's hyper-parameters.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import signal
 import threading
@@ -163,6 +166,9 @@ class InverseProblemSolver(LightningModule):
         check_metric_names(names, op)
         self.metric_names = names
         self.prior.eval().requires_grad_(False)
+        # the run's settings as hyper-parameters (hparams.yaml, TensorBoard's HPARAMS view); only the logger
+        # uses them: predict saves no checkpoint and refuses --ckpt_path (lightning_modules.cli)
+        self.save_hyperparameters(json.loads(json.dumps(self.run_signature(), default=str)), logger=True)
 
     def on_predict_start(self) -> None:
         # a copy: the DataModule keeps measuring with its own operator on the CPU (also in loader workers);

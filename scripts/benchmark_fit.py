@@ -37,7 +37,7 @@ SIZES = {
                                 attn_resolutions=[], dropout=0.0), "edm", 1, 16, 32),
     "small": (lambda: EDMPrecond(32, 3, model_type="SongUNet", model_channels=32, channel_mult=[1, 2, 2],
                                  num_blocks=1, attn_resolutions=[16], dropout=0.0), "edm", 3, 32, 32),
-    # DPS FFHQ-256 (ffhq_10m.pt) configuration, as in configs/prior/dps_ffhq_finetune.yaml.
+    # DPS FFHQ-256 (ffhq_10m.pt) configuration, as in configs/fit/dps_ffhq_finetune.yaml.
     "dps": (lambda: UNetModel(image_size=256, in_channels=3, model_channels=128, out_channels=6, num_res_blocks=1,
                               attention_resolutions=[16], dropout=0.0, channel_mult=[1, 1, 2, 2, 4, 4], num_heads=4,
                               num_head_channels=64, num_heads_upsample=4, use_scale_shift_norm=True,
