@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.resumable import training_loader
 from diffinv.datasets.common import fit_loader
 from diffinv.operators import Operator
 
@@ -102,7 +103,8 @@ class InverseProblemDataModule(LightningDataModule):
         raise NotImplementedError(f"{type(self).__name__} provides no validation data")
 
     def train_dataloader(self) -> DataLoader:
-        return fit_loader(self.train_dataset(), self.batch_size, self.num_workers, train=True)
+        # order and augmentation resume exactly from a checkpoint (datamodules.resumable)
+        return training_loader(self.train_dataset(), self.batch_size, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return fit_loader(self.val_dataset(), self.batch_size, self.num_workers, train=False)

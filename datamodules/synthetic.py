@@ -18,6 +18,8 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.resumable import ResumableLoader
+
 
 def gaussian_blobs(num: int, channels: int, resolution: int, max_blobs: int, generator: torch.Generator) -> Tensor:
     """``[num, channels, R, R]`` images: -1 background plus up to ``max_blobs`` Gaussian bumps, clipped to [-1, 1]."""
@@ -91,10 +93,9 @@ class SyntheticImageDataModule(LightningDataModule):
             self.val_images = self._generate(self.hparams.num_val, 1)
 
     def train_dataloader(self) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(_Images(self.train_images), batch_size=hp.batch_size, shuffle=True, drop_last=True,
-                          generator=torch.Generator().manual_seed(hp.seed), num_workers=hp.num_workers,
-                          persistent_workers=hp.num_workers > 0, pin_memory=hp.pin_memory)
+        hp = self.hparams      # order resumes exactly from a checkpoint (datamodules.resumable)
+        return ResumableLoader(_Images(self.train_images), hp.batch_size, seed=hp.seed, num_workers=hp.num_workers,
+                               pin_memory=hp.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams

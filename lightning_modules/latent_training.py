@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from diffinv.diffusion import sample_ddim
 from diffinv.losses import VPEpsilonLoss
 from diffinv.priors.latent import LatentPrior
-from lightning_modules.prior_training import PriorTraining, images_from_batch
+from lightning_modules.prior_training import PriorTraining, images_from_batch, step_rng
 
 # Run-time settings kept out of the checkpoint's hyper-parameters (LightningCLI merges those over the config on
 # --ckpt_path); the prior and the perceptual module are configured by the config, not pickled objects.
@@ -192,6 +192,10 @@ class LatentPriorTraining(LightningModule):
         if x.shape[1] != self.prior.pixel_channels:
             raise ValueError(f"LatentPriorTraining: batch images have {x.shape[1]} channels, the autoencoder takes "
                              f"{self.prior.pixel_channels}; set data.init_args.channels")
+        with step_rng(self):     # noise, timesteps, dropout: a function of the step (exact resume)
+            return self._training_step(x)
+
+    def _training_step(self, x: Tensor):
         self._set_scale_by_std(x)
         if self.discriminator is not None:
             return self._manual_step(x)

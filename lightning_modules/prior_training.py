@@ -8,6 +8,11 @@ losses of :mod:`diffinv.losses`:
 * ``loss="vp"``: EDM Table 1 "VP" training for ``VPPrecond``;
 * ``loss="vp_epsilon"``: Ho et al. 2020 ``L_simple`` for epsilon networks (``UNetModel`` of DPS / guided-diffusion).
 
+Resume is exact: each step's random draws are seeded by the global step (:func:`step_rng`) and the
+DataModules' training order and augmentation by the epoch and position (``datamodules.resumable``), so
+``--ckpt_path last`` continues with the batches, noise and weights of the uninterrupted run (CPU, one thread:
+bit for bit; GPUs: up to their non-deterministic kernels).
+
 Optimiser: AdamW with a linear learning-rate warm-up (``LambdaLR`` stepped every optimiser step).
 
 EMA is Lightning's ``EMAWeightAveraging`` callback, configured in the trainer's callbacks (not here):
@@ -41,6 +46,19 @@ from diffinv.diffusion import karras_sigmas, sample_sde
 from diffinv.image_grid import make_grid, to_unit_range
 from diffinv.losses import EDMLoss, VPEpsilonLoss, VPLoss
 from diffinv.priors.pixel import PixelPrior
+
+@contextlib.contextmanager
+def step_rng(module: LightningModule) -> Iterator[None]:
+    """Run the block with torch's RNG (CPU and the module's GPU) seeded from the run's seed, the global step and
+    the rank, and restore the RNG after: a training step's random draws depend only on where training is, so a
+    run resumed from a checkpoint draws what the uninterrupted run drew (the data side: datamodules.resumable)."""
+    from datamodules.resumable import run_seed, sample_seed
+
+    device = module.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(sample_seed(run_seed(), module.global_step, module.global_rank))
+        yield
+
 
 # Run-time settings kept out of the checkpoint's hyper-parameters (see the module docstring).
 NOT_SAVED = ("sample_every_n_steps", "num_sample_images", "sample_steps", "sample_seed", "compile")
@@ -147,7 +165,8 @@ class PriorTraining(LightningModule):
         if not self._train_grid_logged:
             self._log_grid("train/images", x0[: self.num_sample_images])
             self._train_grid_logged = True
-        loss = self.loss_fn(self._train_network(), x0).mean()
+        with step_rng(self):        # the loss's noise levels and noise, dropout: a function of the step
+            loss = self.loss_fn(self._train_network(), x0).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         # A CPU tensor: a Python float would become a host-to-device copy (a stream sync) at every step.
         self.log("train/lr", torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"]), batch_size=x0.shape[0])
