@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffinv.datasets.navier_stokes import generate_dataset  # noqa: E402
+from lightning_modules.threads import apply_threads  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -28,7 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="solver precision")
     p.add_argument("--batch-size", type=int, default=None, help="fields per solver call (default: shard on GPU, 16 on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1: measured fastest for these "
+                   "grids, see the README's 'Threads')")
     args = p.parse_args(argv)
+    apply_threads(args.threads)
     m = generate_dataset(args.out, resolution=args.resolution, num_train=args.num_train, num_val=args.num_val,
                          num_test=args.num_test, seed=args.seed, shard_size=args.shard_size, burn_in=args.burn_in,
                          device=args.device, dtype=args.dtype, batch_size=args.batch_size)
