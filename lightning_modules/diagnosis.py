@@ -1,9 +1,10 @@
 """What went wrong with one item of ``diffinv predict``, in words a user can act on.
 
 * :class:`Trajectory` follows a sampler's iterates through its progress callback (step, and the largest
-  absolute value of the iterate) so that a failure can name the step and tell a diverging sampler (the
-  iterate grew by orders of magnitude before the forward model failed: its step size or guidance is too
-  large) from a problem of the forward model or of the data.
+  absolute value of the iterate) so that a failure can name the step and tell a diverging sampler from a
+  problem of the forward model or of the data. A healthy diffusion sampler's iterate shrinks towards the data's
+  scale as its noise level falls; one that grew again (by ``GROWTH`` x its smallest value so far) to well above
+  the truth's scale before the failure was driven there by its guidance or step size.
 * :func:`misfit_check` compares the posterior mean's data misfit with the noise level: for Gaussian noise
   ``||A x - y||^2 / (2 sigma^2)`` is about ``m / 2`` for a field that fits the data to the noise (``m``
   measured values); a misfit far above it (``FLAG_FACTOR`` x) is flagged in the summary.
@@ -19,14 +20,15 @@ from torch import Tensor
 from diffinv.operators.base import Operator
 from diffinv.operators.noise import GaussianNoise
 
-GROWTH = 10.0          # an iterate this many times larger than its smallest value so far has diverged
+GROWTH = 1.5           # an iterate this many times larger than its smallest value so far is growing again
 FLAG_FACTOR = 100.0    # misfit above FLAG_FACTOR x m / 2 is flagged
 
 
 class Trajectory:
     """Step and amplitude of a sampler's iterates, recorded from its callback."""
 
-    def __init__(self):
+    def __init__(self, reference: float | None = None):
+        self.reference = reference          # the truth's max |x|, for scale
         self.step: int | None = None
         self.num_steps: int | None = None
         self.last: float | None = None
@@ -50,17 +52,19 @@ class Trajectory:
         if not math.isfinite(self.last):
             return ("the sampler's iterate became non-finite: its step size or guidance is too large for this "
                     "problem (lower zeta / lr / guidance_scale, or use more steps)")
-        if self.smallest is not None and self.last > GROWTH * max(self.smallest[0], 1e-12):
+        scale = "" if self.reference is None else f"; the truth's max |x| is {self.reference:.3g}"
+        above = self.reference is None or self.last > 2 * self.reference
+        if self.smallest is not None and self.last > GROWTH * max(self.smallest[0], 1e-12) and above:
             return (f"the sampler's iterate grew from max |x| = {self.smallest[0]:.3g} (step {self.smallest[1] + 1}) "
-                    f"to {self.last:.3g} before the failure: its step size or guidance is too large for this "
-                    f"problem (lower zeta / lr / guidance_scale, or use more steps)")
-        return f"the iterate stayed bounded (max |x| = {self.last:.3g}): see the error itself"
+                    f"to {self.last:.3g} before the failure{scale}: its step size or guidance is too large for "
+                    f"this problem (lower zeta / lr / guidance_scale, or use more steps)")
+        return f"not the sampler's growth (its iterate is max |x| = {self.last:.3g}{scale}): see the error itself"
 
 
 def failure_record(sample_id: str, sampler: str, err: BaseException, trajectory: Trajectory,
                    seconds: float) -> dict[str, Any]:
     """The ``<id>.failed.json`` content of an item whose solve raised ``err``."""
-    message = (f"{sample_id}: {sampler} failed {trajectory.where()} with {type(err).__name__}: {err}. "
+    message = (f"{sample_id}: {sampler} failed {trajectory.where()} with {type(err).__name__}: {str(err).rstrip('.')}. "
                f"Likely cause: {trajectory.cause()}.")
     return {"id": sample_id, "failed": True, "sampler": sampler, "error": type(err).__name__, "message": message,
             "step": None if trajectory.step is None else trajectory.step + 1, "num_steps": trajectory.num_steps,

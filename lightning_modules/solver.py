@@ -255,7 +255,7 @@ class InverseProblemSolver(LightningModule):
         failure record (``diagnosis.failure_record``: id, sampler, step, likely cause), or is raised with that
         message when ``on_failure="stop"``."""
         sampler_name = type(self.sampler).__name__
-        trajectory = Trajectory()
+        trajectory = Trajectory(reference=float(x_true.detach().abs().max()))
         t0 = time.perf_counter()
         try:
             return self._solve(sample_id, x_true, y_obs, trajectory)

@@ -146,3 +146,15 @@ def test_sigterm_inside_a_long_forward_call_stops_within_seconds(tmp_path):
             proc.kill()
     assert proc.returncode != 0 and stopped < 10, (stopped, out[-2000:])
     assert not list(folder_of(tmp_path, "_sleepy").glob("item*.json"))
+
+
+def test_likely_cause_tells_a_diverging_sampler_from_a_healthy_one():
+    from lightning_modules.diagnosis import Trajectory
+
+    healthy, diverging = Trajectory(reference=2.0), Trajectory(reference=2.0)
+    for step, amp in enumerate([300.0, 120.0, 40.0, 9.0, 3.0]):       # shrinks to the data's scale
+        healthy.record(step, 10, torch.full((1, 4), amp))
+    for step, amp in enumerate([300.0, 290.0, 310.0, 450.0, 540.0]):   # DPS with zeta 1000: grows again
+        diverging.record(step, 10, torch.full((1, 4), amp))
+    assert "not the sampler's growth" in healthy.cause()
+    assert "grew from max |x| = 290 (step 2) to 540" in diverging.cause() and "truth's max |x| is 2" in diverging.cause()

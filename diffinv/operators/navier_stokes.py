@@ -220,10 +220,12 @@ class NavierStokes2DSolver:
 
     def step_cap(self, t: float, speed0: float | None = None) -> int:
         """The default step limit for time ``t`` (``max_steps=None``): the steps of the CFL bound at a
-        reference speed plus those of the diffusive bound. Forced flows use the laminar Kolmogorov-flow speed
-        ``A / (nu k_f^2)``, the largest steady speed the forcing sustains (50 at Re 200, A = 4, k_f = 4; the
-        turbulent data fields move about 10 x slower: at 64 x 64 they take 335-585 steps to T = 1 against a
-        cap of 6,483; 13,129 at 128 x 128). Unforced flows only slow down: 10 x the initial speed ``speed0``."""
+        reference speed plus those of the diffusive bound. Forced flows: the laminar Kolmogorov-flow speed
+        ``A / (nu k_f^2)``, the largest steady speed the forcing sustains (50 at Re 200, A = 4, k_f = 4). The
+        turbulent data fields move about 10 x slower (at 64 x 64 they take 335-585 steps to t = 1, against a
+        cap of 6,483; 13,129 at 128 x 128), and unevolved random initial fields about 2-3 x slower, so only a
+        field far above the data's scale, such as a diverging sampler's iterate, reaches it. Unforced flows
+        only slow down: 10 x the initial speed."""
         if self._forced:
             ref = abs(self.forcing_amplitude) / (self.nu * self.forcing_wavenumber**2)
         else:
