@@ -102,13 +102,19 @@ class DiscreteVPSchedule(nn.Module):
     def abar(self, t: Tensor) -> Tensor:
         return 1.0 / (1.0 + self.t_to_sigma(t) ** 2)
 
-    def timesteps(self, num_steps: int) -> Tensor:
-        """Descending uniform sub-sequence of ``num_steps`` integer timesteps ending at 0
-        (DDIM's "uniform" skip, e.g. 999, 997, ..., 1 for 500 of 1000 is ``leading``-spaced)."""
+    def timesteps(self, num_steps: int, offset: int = 0) -> Tensor:
+        """Descending DDIM / DDRM sub-sequence of ``num_steps`` integer timesteps: ``i * (T // num_steps) + offset``
+        for i = num_steps - 1, ..., 0, i.e. ``range(0, T, T // n)`` reversed (Song et al. 2021, "uniform" skip;
+        Kawar et al. 2022): 950, 900, ..., 0 for 20 of 1000, so the last step lands at t = 0 (sigma ~0.01 on the
+        DDPM schedule). Latent diffusion's DDIM adds ``offset = 1`` (999, 997, ..., 1 for 500 of 1000). When
+        ``num_steps`` does not divide T the first ``num_steps`` entries of that range are used."""
         if not 1 <= num_steps <= self.num_steps:
             raise ValueError(f"num_steps must be in [1, {self.num_steps}], got {num_steps}")
         stride = self.num_steps // num_steps
-        return (torch.arange(num_steps) * stride + (self.num_steps - 1 - (num_steps - 1) * stride)).flip(0)
+        if not 0 <= offset <= self.num_steps - 1 - (num_steps - 1) * stride:
+            raise ValueError(f"offset {offset} moves the grid of {num_steps} steps (stride {stride}) past t = "
+                             f"{self.num_steps - 1}")
+        return (torch.arange(num_steps) * stride + offset).flip(0)
 
 
 class VPEpsilonDenoiser(nn.Module):

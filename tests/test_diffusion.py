@@ -66,10 +66,13 @@ def test_ddim_step_equals_song_eq12(eta):
         sig = eta * ((1 - ap) / (1 - a) * (1 - a / ap)).sqrt()           # Eq. 16
         ref = ap.sqrt() * (x_t - (1 - a).sqrt() * eps) / a.sqrt() + (1 - ap - sig**2).sqrt() * eps + sig * z  # Eq. 12
         assert torch.allclose(ddim_step(x_t, x0, a, ap, eta, z), ref, rtol=0, atol=1e-10)
-    if eta == 1.0:  # eta = 1 recovers the DDPM posterior variance
-        a, ap = abar[500], abar[499]
-        sig2 = ((1 - ap) / (1 - a) * (1 - a / ap))
-        assert torch.allclose(sig2, (1 - ap) / (1 - a) * (1 - a / ap))
+    if eta == 1.0:  # eta = 1 on consecutive timesteps is the DDPM ancestral step (Song et al. 2021, Sec. 4.1)
+        betas = linear_betas()
+        for t in (1, 500, 999):
+            x0 = (x_t - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()
+            mean, var = _ho_posterior(betas, t, x_t, x0)                   # q(x_{t-1} | x_t, x0), Ho et al. Eq. 7
+            got = ddim_step(x_t, x0, abar[t], abar[t - 1], 1.0, z)
+            assert torch.allclose(got, mean + var.sqrt() * z, rtol=0, atol=1e-10), t
 
 
 @pytest.mark.parametrize("sde", [VPSDE(), VESDE(), EDMSDE()], ids=["vp", "ve", "edm"])

@@ -1,18 +1,13 @@
 """The Gaussian-mixture benchmark (Cardoso et al. 2023): the metric, the problem generator, the script's
-JSON report, and (slow) every registered sampler against the exact posterior at d = 8, d_y = 4.
-
-The accuracy criterion averages over five random problems (seeds 0-4), as MCGdiff reports means over
-many: single problems differ a lot in difficulty. On seed 0 the modes must be chosen while the prior is
-still smoothed (noise level 4-6), where the smoothed posterior puts only 0.86 on the true mode, and most
-samplers leave 10-50% of their draws in wrong modes (SW ~ 0.4-0.5 of the prior's), while on seed 2 RED-diff
-converges to a wrong mode and everything else is near-exact. Measured mean SW / prior SW at N = 300 (seeds
-0-4, settings of ``GMM_HPARAMS``): SKRock 0.05, PnPDM 0.10, PiGDM 0.12, DiffPIR 0.12, DDRM 0.13, DAPS 0.14,
-PosteriorSDE 0.14, REDDiff 0.16, EnKG 0.21, ULA 0.25, DPS 0.29 (the settings were chosen on these seeds).
+JSON report, and every registered sampler against the exact posterior at d = 8, d_y = 4 on seeds 0-4 (the
+criteria and each sampler's measured bias are stated above ``MEASURED``), with deliberately broken samplers that
+must fail the same criteria.
 """
 from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +16,7 @@ import pytest
 import torch
 
 from diffinv.samplers.base import capabilities
-from diffinv.samplers.evaluation import (load_all_samplers, make_gmm_problem,
+from diffinv.samplers.evaluation import (component_of, load_all_samplers, make_gmm_problem, mode_statistics,
                                          run_gmm_benchmark, run_gmm_benchmark_seeds, sliced_wasserstein)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,9 +64,10 @@ def test_script_writes_the_json_report(tmp_path):
     assert set(report) == {"config", "results"}
     assert {"dim", "dy", "sigma_y", "seed", "num_samples"} <= set(report["config"])
     assert report["config"]["dim"] == 8 and report["config"]["dy"] == 4
-    assert set(report["results"]) == {"prior", "exact", *cheap}
+    assert set(report["results"]) == {"prior", "exact", "posterior mean", *cheap}
     for name, row in report["results"].items():
-        assert set(row) == {"sliced_wasserstein", "nfe", "forward_calls", "seconds"}, (name, row)   # one seed
+        assert set(row) == {"sliced_wasserstein", "nfe", "forward_calls", "seconds", "mode_tv", "mode_mean_error",
+                            "mode_spread"}, (name, row)   # one seed
         assert isinstance(row["sliced_wasserstein"], float) and isinstance(row["nfe"], int)
         assert isinstance(row["forward_calls"], int) and isinstance(row["seconds"], float)
     r = report["results"]
@@ -88,39 +84,90 @@ def test_multi_seed_report_aggregates_per_seed_rows():
     assert report["results"]["prior"]["ratio_to_prior"] == 1.0 and row["nfe"] == 10
 
 
-def test_every_sampler_uses_the_data_on_a_fixed_problem():
-    """The issue's criterion on one fixed problem (d = 8, d_y = 4, seed 5): every sampler that can run on the
-    dense operator lands within a third of the prior's distance to the posterior. Measured at N = 300:
-    the worst ratio is 0.043 (EnKG), the exact-vs-exact floor 0.010 (seeds 3 and 5 pass for every sampler,
-    seeds 0, 1, 2 and 4 each trip one or more; see the module docstring and the slow test below)."""
-    registry = load_all_samplers()
-    prior, op, _, _ = make_gmm_problem(8, 4, seed=5)
-    runnable = sorted(n for n, c in registry.items() if c.requires <= capabilities(op, prior))
-    report = run_gmm_benchmark(dim=8, dy=4, seed=5, num_samples=300, num_projections=300)
-    r = report["results"]
-    assert not {n: row["error"] for n, row in r.items() if "error" in row}
-    assert set(runnable) <= set(r) and len(runnable) >= 11
-    prior_sw = r["prior"]["sliced_wasserstein"]
-    bad = {n: round(r[n]["sliced_wasserstein"] / prior_sw, 3) for n in runnable
-           if r[n]["sliced_wasserstein"] > prior_sw / 3}
-    assert not bad, bad
-    assert r["exact"]["sliced_wasserstein"] < min(r[n]["sliced_wasserstein"] for n in runnable) * 1.5
+# ---------------------------------------------------------------------------------------- every sampler, 5 seeds
+# The Gaussian-mixture problem at seeds 0-4 (no seed picked: single problems differ a lot; on seed 0 the modes must
+# be chosen while the prior is still smoothed, at noise 4-6, where the smoothed posterior puts only 0.86 on the
+# true mode). Criteria, from the draws' assignment to the exact posterior's components (``mode_statistics``): the
+# mean over seeds of the total variation of the mode weights, and the medians over seeds of the mean error and
+# spread inside the heaviest mode, in that mode's std units. Each sampler's known bias was measured (N = 300, the
+# settings of GMM_HPARAMS but for the cheaper SKRock / DAPS of CHEAP, a quarter of their steps) and is bounded: tv at most 1.5x the measured
+# value (at least 0.05: the Monte Carlo part of a frequency of 300 draws), mean error at most 1.5x (at least
+# 0.25), spread within +-25 % of the measured median (the spread of 300 draws has a 4 % standard error).
+# An exact sampler has (0, ~0.05, 1). The posterior mean N times has spread 0, prior draws tv 0.82.
+CHEAP = {"SKRock": dict(sigma=0.1, num_steps=200, sigma_start=20.0, anneal_steps=180, init="noise", init_std=16.0),
+         "DAPS": lambda sigma_y: dict(num_steps=50, lr=0.5 * sigma_y**2)}
+MEASURED = {   # tv mean, mean error median, spread median
+    "DAPS": (0.14, 0.19, 1.25),
+    "DDRM": (0.055, 0.22, 0.68),          # eta 0.85 narrows every coordinate
+    "DPS": (0.20, 0.64, 0.71),            # seed 0: all mass in the wrong mode (the guidance steps are too short)
+    "DiffPIR": (0.043, 0.15, 0.75),
+    "EnKG": (0.049, 0.21, 1.01),
+    "PiGDM": (0.047, 0.15, 0.97),
+    "PnPDM": (0.031, 0.09, 0.99),
+    "PosteriorSDE": (0.067, 0.18, 0.95),
+    "REDDiff": (0.225, 0.51, 0.41),       # a point estimate per random start (seed 2: a wrong mode)
+    "SKRock": (0.039, 0.06, 0.98),
+    "ULA": (0.254, 0.06, 1.02),           # annealed Langevin leaves 20-50 % of the chains in wrong modes
+}
 
 
-@pytest.mark.slow
-def test_every_sampler_beats_the_prior_on_the_gmm_benchmark():
+def gmm_violations(rows: list[dict], name: str) -> list[str]:
+    tv0, err0, spread0 = MEASURED[name]
+    tv = sum(r["mode_tv"] for r in rows) / len(rows)
+    err = statistics.median(r["mode_mean_error"] for r in rows)
+    spread = statistics.median(r["mode_spread"] for r in rows)
+    bad = []
+    if tv > max(0.05, 1.5 * tv0):
+        bad.append(f"mode weights off by {tv:.3f} (TV) > {max(0.05, 1.5 * tv0):.3f}")
+    if err > max(0.25, 1.5 * err0):
+        bad.append(f"mean error in the main mode {err:.2f} > {max(0.25, 1.5 * err0):.2f}")
+    if not 0.75 * spread0 <= spread <= 1.25 * spread0:
+        bad.append(f"spread in the main mode {spread:.2f} outside [{0.75 * spread0:.2f}, {1.25 * spread0:.2f}]")
+    return bad
+
+
+@pytest.fixture(scope="module")
+def five_seeds():
+    """Per seed, the benchmark's rows and every sampler's draws (kept for the broken-sampler checks)."""
+    draws: dict[tuple[int, str], torch.Tensor] = {}
+    reports = []
+    for seed in SEEDS:
+        keep = lambda name, out, seed=seed: draws.setdefault((seed, name), out)  # noqa: E731
+        reports.append(run_gmm_benchmark(dim=8, dy=4, seed=seed, num_samples=300, num_projections=300,
+                                         hyperparameters=CHEAP, postprocess=keep))
+    return reports, draws
+
+
+def test_every_sampler_meets_its_bounds_on_five_seeds(five_seeds):
+    reports, _ = five_seeds
     registry = load_all_samplers()
     prior, op, _, _ = make_gmm_problem(8, 4, seed=0)
     runnable = sorted(n for n, c in registry.items() if c.requires <= capabilities(op, prior))
-    report = run_gmm_benchmark_seeds(SEEDS, dim=8, dy=4, num_samples=300, num_projections=500)
-    r = report["results"]
-    errors = {n: row["error"] for n, row in r.items() if "error" in row}
+    assert set(runnable) == set(MEASURED), set(runnable) ^ set(MEASURED)
+    errors = {n: r["results"][n]["error"] for r in reports for n in runnable if "error" in r["results"][n]}
     assert not errors, errors
-    assert set(runnable) <= set(r)
-    ratio = {n: r[n]["ratio_to_prior"] for n in runnable}
-    bad = {n: round(v, 3) for n, v in ratio.items() if v > 1 / 3}
-    assert not bad, f"mean SW / prior SW above 1/3 over seeds {SEEDS}: {bad} (all: {ratio})"
-    exact = r["exact"]["ratio_to_prior"]
-    assert exact <= 1.25 * min(ratio.values()) + 0.005, (exact, ratio)
-    for n in runnable:
-        assert r[n]["nfe"] > 0
+    bad = {n: v for n in runnable if (v := gmm_violations([r["results"][n] for r in reports], n))}
+    assert not bad, bad
+    exact = gmm_violations([r["results"]["exact"] for r in reports], "PnPDM")     # exact draws meet tight bounds
+    assert not exact, exact
+
+
+def test_broken_samplers_fail_on_the_mixture(five_seeds):
+    """The posterior mean N times, prior draws (the data ignored) and each sampler's own draws with half their
+    spread (about the mean of the draws in each mode) are all caught."""
+    reports, draws = five_seeds
+    for name in MEASURED:
+        assert gmm_violations([r["results"]["posterior mean"] for r in reports], name), name
+        assert gmm_violations([r["results"]["prior"] for r in reports], name), name
+        halved = []
+        for seed, report in zip(SEEDS, reports):
+            out = draws[(seed, name)].double()
+            prior, op, y, _ = make_gmm_problem(8, 4, seed=seed)
+            post = prior.posterior(op, y)
+            k = component_of(out, post)
+            shrunk = out.clone()
+            for c in k.unique():
+                mean = out[k == c].mean(0, keepdim=True)
+                shrunk[k == c] = mean + 0.5 * (out[k == c] - mean)
+            halved.append(mode_statistics(shrunk, post))
+        assert gmm_violations(halved, name), name

@@ -26,7 +26,7 @@ FAST_KWARGS: dict[str, dict] = {
     "DiffPIR": dict(num_steps=5),
     "DPS": dict(num_steps=20, scale_by_sigma_y=True),
     "PiGDM": dict(num_steps=5),
-    "DAPS": dict(num_steps=4, ode_steps=2, langevin_steps=3),
+    "DAPS": dict(num_steps=4, ode_steps=2, langevin_steps=10, lr=5e-3),
     "EnKG": dict(num_steps=6, num_updates=1, max_ode_steps=2, batch_size=None),
     "LatentDPS": dict(num_steps=20),
     "PSLD": dict(num_steps=20),

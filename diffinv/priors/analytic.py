@@ -76,7 +76,11 @@ class GaussianMixturePrior(Prior):
 
 
 class GaussianPrior(GaussianMixturePrior):
-    """N(mean, diag(variance) + U U^T) with ``cov_factor U`` of shape ``[d, r]`` (optional)."""
+    """N(mean, diag(variance) + U U^T) with ``cov_factor U`` of shape ``[d, r]`` (optional).
+
+    With a factor, the full covariance ``S = Q diag(lam) Q^T`` is diagonalised once (float64), so that the
+    exact denoiser ``x0_hat = mu + Q diag(lam / (lam + sigma^2)) Q^T (x - mu)`` costs two d x d products per
+    sample, for any per-sample sigma (``from_covariance`` builds the prior from a full covariance)."""
 
     def __init__(self, mean: Tensor, variance: Tensor | float, cov_factor: Tensor | None = None):
         mean = torch.as_tensor(mean)
@@ -86,6 +90,25 @@ class GaussianPrior(GaussianMixturePrior):
         if cov_factor is not None and (cov_factor.dim() != 2 or cov_factor.shape[0] != d):
             raise ValueError(f"cov_factor must have shape [d={d}, rank], got {list(cov_factor.shape)}")
         self.register_buffer("cov_factor", None if cov_factor is None else cov_factor.to(mean.dtype).clone())
+        if cov_factor is None:
+            self.register_buffer("eig_values", None)
+            self.register_buffer("eig_vectors", None)
+        else:
+            cov = torch.diag(v.reshape(-1).double()) + cov_factor.double() @ cov_factor.double().T
+            lam, Q = torch.linalg.eigh(cov)
+            self.register_buffer("eig_values", lam.clamp_min(0).to(mean.dtype))
+            self.register_buffer("eig_vectors", Q.to(mean.dtype))
+
+    @classmethod
+    def from_covariance(cls, mean: Tensor, covariance: Tensor) -> "GaussianPrior":
+        """N(mean, covariance) for a full symmetric positive semi-definite ``covariance [d, d]``."""
+        lam, Q = torch.linalg.eigh(covariance.double())
+        if float(lam.min()) < -1e-10 * float(lam.max().abs()):
+            raise ValueError(f"covariance is not positive semi-definite (smallest eigenvalue {float(lam.min()):.3g})")
+        mean = torch.as_tensor(mean)
+        nugget = max(0.5 * float(lam.min()), 1e-12 * float(lam.max()))   # the diagonal part must be positive
+        factor = Q * (lam - nugget).clamp_min(0).sqrt()
+        return cls(mean, torch.full_like(mean, nugget), factor.to(mean.dtype))
 
     @property
     def mean(self) -> Tensor:
@@ -97,23 +120,19 @@ class GaussianPrior(GaussianMixturePrior):
     def _denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         if self.cov_factor is None:
             return super()._denoise(x, sigma)
-        # x0_hat = x - sigma^2 (S + sigma^2 I)^-1 (x - mu), with (D' + U U^T)^-1 by the Woodbury identity
-        U = self.cov_factor.to(x)
-        dprime = _flat(self.variances).to(x) + sigma[:, None] ** 2                 # [B, d]
-        r = _flat(x) - _flat(self.means).to(x)                                      # [B, d]
-        dinv_r = r / dprime
-        dinv_U = U[None] / dprime[..., None]                                        # [B, d, q]
-        small = torch.eye(U.shape[1], dtype=x.dtype, device=x.device) + U.T[None] @ dinv_U
-        corr = dinv_U @ torch.linalg.solve(small, (U.T[None] @ dinv_r[..., None]))
-        inv_r = dinv_r - corr[..., 0]
-        return (_flat(x) - sigma[:, None] ** 2 * inv_r).reshape(x.shape)
+        Q, lam = self.eig_vectors.to(x), self.eig_values.to(x)
+        mu = _flat(self.means).to(x)
+        c = (_flat(x) - mu) @ Q                                                     # [B, d] in the eigenbasis
+        den = lam[None] + sigma[:, None] ** 2
+        shrink = torch.where(den > 0, lam[None] / den.clamp_min(torch.finfo(x.dtype).tiny), torch.ones_like(den))
+        return (mu + (shrink * c) @ Q.T).reshape(x.shape)
 
     def _component_sample(self, k: Tensor, generator: torch.Generator | None) -> Tensor:
-        x = super()._component_sample(k, generator)
-        if self.cov_factor is not None:
-            z = torch.randn((k.numel(), self.cov_factor.shape[1]), generator=generator, dtype=x.dtype).to(x.device)
-            x = x + (z @ self.cov_factor.T).reshape(x.shape)
-        return x
+        if self.cov_factor is None:
+            return super()._component_sample(k, generator)
+        z = torch.randn((k.numel(), self.eig_values.numel()), generator=generator, dtype=self.means.dtype)
+        z = z.to(self.means.device)
+        return (_flat(self.means) + (z * self.eig_values.sqrt()) @ self.eig_vectors.T).reshape(k.numel(), *self.event_shape)
 
     def _component_covs(self) -> Tensor:
         cov = super()._component_covs()

@@ -14,7 +14,8 @@ coordinates (``s_i > 0``), ``ybar_i = (U^T y)_i / s_i`` (an observation of ``xba
     - ``s' < sigma_y / s_i``:           ``xbar0 + sqrt(1 - eta^2) s' (ybar - xbar0) / (sigma_y / s_i) + eta s' n``
     - ``s' >= sigma_y / s_i``:          ``(1 - eta_b) xbar0 + eta_b ybar + sqrt(s'^2 - eta_b^2 sigma_y^2 / s_i^2) n``
 
-The last step goes to sigma = 0 and returns ``V xbar_0`` (Tweedie's estimate with the observed coordinates set by
+The start follows Eq. 7 exactly; the reference code's start is that point times ``1 / sqrt(1 - abar_T)`` (a relative
+5e-5 at t = 950). The last step goes to sigma = 0 and returns ``V xbar_0`` (Tweedie's estimate with the observed coordinates set by
 the data when it is noise-free). DDRM never calls the forward model itself: it uses only the SVD transforms
 (``cost.forward_calls`` stays 0).
 

@@ -25,8 +25,10 @@ The data step is solved
   backtracking). It uses the noise model's own ``loss``, so it works for Poisson data too.
 
 The timesteps follow the reference: ``num_steps`` of the 1000 with the "quad" spacing (dense at low noise) or
-"uniform". As in the reference the last iteration returns the denoised estimate ``x0_t`` at the smallest level,
-without a data step; deepinv 0.5.0 instead returns the last noisy iterate (REFERENCES.md).
+"uniform". The last iteration (t = 0) takes no data step, as in the reference; the reference then returns the
+iterate x_0 itself (noise level ~0.01), diffinv the denoised estimate ``x0_t`` of that iterate (a deliberate
+difference: the result carries no residual noise). The reference's deblurring script starts from a tiny multiple
+of y; here x_T ~ N(0, I), as in Algorithm 1.
 
 Scale of lambda: the paper and the reference state sigma_n on the [0, 1] image scale (e.g. 12.75 / 255) while the
 model works on [-1, 1]; the ratio of the two quadratic terms is invariant under rescaling x and y together, so
@@ -47,20 +49,22 @@ from .guidance import likelihood_gradient
 
 
 def diffpir_timesteps(num_steps: int, train_steps: int = 1000, skip_type: str = "quad") -> list[int]:
-    """Descending timesteps. "quad": t = T - 1 - floor(sqrt(linspace(0, T^2, n))) with the last one at t = 1
-    (the reference's sequence); "uniform": the strided DDIM sub-sequence ending at 0."""
+    """Descending timesteps ``t_i = T - 1 - seq[i]`` of the reference (``main_ddpir_*.py``): "quad":
+    ``seq = floor(sqrt(linspace(0, T^2, n)))`` with the last entry minus 1 (999, ..., 0); "uniform":
+    ``seq = i * (T // n)`` for i < n plus ``T - 1`` (n + 1 iterations, 999, 989, ..., 9, 0 for 100 of 1000)."""
     if skip_type == "quad":
         seq = [int(v) for v in torch.linspace(0, train_steps**2, num_steps, dtype=torch.float64).sqrt()]
         seq[-1] -= 1
-        ts = [train_steps - 1 - v for v in seq]
-        if len(set(ts)) != len(ts):
-            raise ValueError(f"DiffPIR: num_steps={num_steps} is too many for the quad spacing; "
-                             f"use skip_type='uniform'")
-        return ts
-    if skip_type == "uniform":
-        stride = train_steps // num_steps
-        return [train_steps - 1 - i * stride for i in range(num_steps)]
-    raise ValueError(f"DiffPIR: skip_type must be 'quad' or 'uniform', got {skip_type!r}")
+    elif skip_type == "uniform":
+        skip = train_steps // num_steps
+        seq = [i * skip for i in range(num_steps)] + ([train_steps - 1] if skip > 1 else [])
+    else:
+        raise ValueError(f"DiffPIR: skip_type must be 'quad' or 'uniform', got {skip_type!r}")
+    ts = [train_steps - 1 - v for v in seq]
+    if len(set(ts)) != len(ts):
+        raise ValueError(f"DiffPIR: num_steps={num_steps} is too many for the {skip_type} spacing of "
+                         f"{train_steps} timesteps")
+    return ts
 
 
 class DiffPIR(Sampler):

@@ -13,7 +13,10 @@ where ``x0_hat`` is Tweedie's estimate (DPS Eq. 16, through ``prior.denoise``) a
 the squared norm gives the same direction with ``zeta' = 2 zeta``). ``mode="loss"`` uses the noise model's
 negative log-likelihood ``operator.loss`` instead (Poisson, closure quantities). The last step lands on x0_hat
 (abar = 1) and still takes the measurement step, as the reference code does (Algorithm 1 returns x0_hat). The
-ancestral step uses the posterior variance of Ho et al. Eq. 7, not a learned variance.
+ancestral step uses the posterior variance of Ho et al. Eq. 7, not a learned variance. Two differences from the
+reference, on purpose: x0_hat is not clipped to [-1, 1] (``clip_denoised``: the samplers serve data on any scale,
+e.g. vorticity), and fewer than 1000 steps use the DDIM grid ``range(0, 1000, 1000 // n)`` reversed (guided
+diffusion's respacing rounds ``i * 999 / (n - 1)`` instead).
 
 The norm-guidance weight depends on the scale of the data: deepinv's weight-1 DPS is nearly inactive on the
 Gaussian-mixture benchmark (REFERENCES.md). ``scale_by_sigma_y=True`` multiplies zeta by ``sqrt(d_y) / sigma_y``;

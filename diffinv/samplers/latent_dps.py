@@ -108,9 +108,12 @@ def reference_x0(z_t: Tensor, z0: Tensor, abar_t: Tensor) -> Tensor:
 
 
 def ddim_grid(schedule: DiscreteVPSchedule, num_steps: int, device, dtype) -> tuple[list[int], Tensor]:
-    """Descending DDIM timesteps and the matching ``abar`` (float, on ``device``), with ``abar = 1`` appended
-    for the landing point of the final step (the clean estimate)."""
-    ts = schedule.timesteps(num_steps).tolist()
+    """Descending DDIM timesteps of latent diffusion's DDIM (``range(0, T, T // n) + 1``; with every timestep,
+    where the shift would pass T - 1, the plain DDPM grid 999, ..., 0) and the matching ``abar`` (float, on
+    ``device``), with ``abar = 1`` appended for the landing point of the final step (the clean estimate)."""
+    stride = schedule.num_steps // num_steps
+    offset = 1 if schedule.num_steps - 1 - (num_steps - 1) * stride >= 1 else 0
+    ts = schedule.timesteps(num_steps, offset).tolist()
     abar = schedule.alphas_cumprod.to(device=device, dtype=torch.float64)[ts]
     return ts, torch.cat([abar, abar.new_ones(1)]).to(dtype)
 

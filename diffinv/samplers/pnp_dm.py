@@ -17,8 +17,12 @@ The coupling rho is annealed, rho_k = max(rho_min, rho_0 * decay^k) (reference c
 decay 0.9, rho_min 0.3 for linear and 0.1 for nonlinear tasks, 100 iterations). Each returned sample is
 the final prior-step state of its own chain; chains run in one batch.
 
-Differences from the reference: the prior step starts exactly at sigma = rho_k (then follows the grid
-points below it) instead of at the first grid point below rho_k, and reuses ``diffinv.diffusion.solve_sde``.
+Differences from the reference, on purpose: the prior step starts exactly at sigma = rho_k (then follows the grid
+points below it) instead of at the first grid point below rho_k; its last step, from the smallest grid level to 0,
+returns the denoiser's estimate D(x, sigma_min) (EDM's final step, ``diffinv.diffusion.solve_sde``), where the
+reference's Euler-Maruyama step of the SDE drift gives 2 D(x, sigma_min) - x, which doubles the residual noise
+(|x - D| is of the order of sigma_min); chains start at ``init_std * n`` instead of A^+ y, so that they start
+apart (the reference draws many samples along one chain after a burn-in; here each draw is its own chain).
 Cost accounting: one forward call per exact SVD likelihood step (its V / V^T applications), one per
 CG iteration (A^T A), one per Langevin step (plus 20 forward calls and 40 backward passes of the power
 iteration that sets the Langevin step, ``likelihood_lipschitz``, when ``langevin_step_size`` is None).

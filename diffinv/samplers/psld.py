@@ -17,7 +17,9 @@ with norms, not squares, as in the code. The paper and code write ``A^T`` for th
 ``A`` has orthonormal rows, e.g. inpainting masks); diffinv uses the operator's ``pinv`` so that the gluing
 projection is a projection for any linear operator (the two agree in the paper's setting). The code also adds
 fresh measurement noise to ``A(x0_hat)`` before the norm and takes the norm over the whole batch; diffinv uses
-the noise-free prediction and per-sample norms (so samples do not interact).
+the noise-free prediction and per-sample norms (so samples do not interact). The last DDIM step lands on the
+clean estimate (abar = 1, as in Latent-DPS and ReSample here), where the reference's latent-diffusion DDIM lands on
+``alphas_cumprod[0] = 0.9985`` and decodes a latent that keeps 0.039 of the predicted noise.
 
 **Samples are returned decoded** (pixel space, ``[num_samples * B, C, H, W]``).
 """

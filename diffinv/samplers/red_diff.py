@@ -18,10 +18,14 @@ regularisation by denoising (RED) with the denoiser's noise level swept down the
 
 Scaling: the measurement term here is the noise model's negative log-likelihood ``operator.loss``
 (``||y - A mu||^2 / (2 sigma_y^2)`` for Gaussian noise). The reference code instead averages both terms
-over their elements and drops sigma_y; since Adam is invariant to a global loss scale, that equals this
-objective with ``lam_here = lam_ref * d_y / (d * sigma_y^2)`` (e.g. lam_ref = 0.25, d_y = d, sigma_y =
-0.05: lam = 100). Several samples are independent optimisation runs (different eps draws, and different
-starting points when ``init_std > 0``) batched together; Adam acts per element, so they do not interact.
+over their elements and drops sigma_y: ``mean((y - A mu)^2) / 2 + lam w(t) mean(sg[eps_hat - eps] mu)``.
+Since Adam is invariant to a global loss scale, that equals this objective with
+``lam_here = lam_ref * d_y / (d * sigma_y^2)`` (e.g. lam_ref = 0.25, d_y = d, sigma_y = 0.05: lam = 100).
+``reference_scaling=True`` uses the reference's averaged objective itself, so that ``lam`` is the paper's
+and the reference's lambda on any problem (and noise-free data work). Several samples are independent
+optimisation runs (different eps draws, and different starting points when ``init_std > 0``) batched
+together; Adam acts per element, so they do not interact. The result is mu after the last Adam step (the paper's
+Algorithm 1); the reference code returns the last ``x0_pred``, i.e. mu before that step.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from torch import Tensor
 
 from ..diffusion import DiscreteVPSchedule
 from .base import Sampler, randn, repeat_measurement
+from .guidance import residual_norm
 
 # Denoiser-weight options of the reference code, as functions of 1/sqrt(SNR) = sigma_t / alpha_t.
 WEIGHTINGS = {
@@ -51,13 +56,15 @@ class REDDiff(Sampler):
     paper; betas (0.9, 0.99)), ``lam`` (regulariser weight, see the module docstring for its scale),
     ``weighting`` (see ``WEIGHTINGS``), ``obs_weight`` (weight of the measurement term), ``init``
     ("auto": pseudo-inverse when the operator has an SVD, else zeros; "pinv"; "zeros") plus
-    ``init_std`` of Gaussian noise, ``sigma_max`` (skip timesteps whose noise level is above it)."""
+    ``init_std`` of Gaussian noise, ``sigma_max`` (skip timesteps whose noise level is above it),
+    ``reference_scaling`` (the reference's element-averaged objective, in which ``lam`` is its lambda)."""
 
     requires = frozenset({"differentiable"})
 
     def __init__(self, num_steps: int = 1000, lr: float = 0.1, lam: float = 0.25, weighting: str = "linear",
                  obs_weight: float = 1.0, betas: tuple[float, float] = (0.9, 0.99), init: str = "auto",
-                 init_std: float = 0.0, sigma_max: float | None = None, schedule: str = "linear"):
+                 init_std: float = 0.0, sigma_max: float | None = None, schedule: str = "linear",
+                 reference_scaling: bool = False):
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ValueError(f"REDDiff: unknown weighting {weighting!r}; allowed: {sorted(WEIGHTINGS)}")
@@ -68,6 +75,7 @@ class REDDiff(Sampler):
         self.num_steps, self.lr, self.lam, self.weighting = int(num_steps), float(lr), float(lam), weighting
         self.obs_weight, self.betas = float(obs_weight), tuple(float(b) for b in betas)
         self.init, self.init_std, self.sigma_max, self.schedule = init, float(init_std), sigma_max, schedule
+        self.reference_scaling = bool(reference_scaling)
 
     def sigmas(self) -> list[float]:
         """Noise levels visited, high to low (the reference's ``reversed(ts)``)."""
@@ -98,8 +106,14 @@ class REDDiff(Sampler):
             eps_diff = ((x_t - d) / sigma - eps).detach()                # sg[eps_hat(x_t, t) - eps]
             w_t = self.lam * WEIGHTINGS[self.weighting](sigma)           # lambda * w(t), the SNR weighting
             with torch.enable_grad():
-                loss_obs = operator.loss(operator(mu), y_rep)            # -log p(y | mu)
+                y_hat = operator(mu)
                 loss_reg = (eps_diff * mu).reshape(shape[0], -1).sum(1)  # sg[eps_hat - eps]^T mu
+                if self.reference_scaling:                               # element means, as the reference code
+                    d_y = y_hat[0].numel() * (2 if y_hat.is_complex() else 1)
+                    loss_obs = residual_norm(operator, y_hat, y_rep) ** 2 / (2 * d_y)
+                    loss_reg = loss_reg / mu[0].numel()
+                else:
+                    loss_obs = operator.loss(y_hat, y_rep)               # -log p(y | mu)
                 loss = (self.obs_weight * loss_obs + w_t * loss_reg).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

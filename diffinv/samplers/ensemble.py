@@ -1,0 +1,77 @@
+"""Ensemble Kalman updates shared by EnKG and EKI: everything from forward-model outputs and the gradient of the
+noise model's misfit with respect to the *measurement* (never the operator's derivatives).
+
+Ensembles are ``[N, B, ...]``: N members for each of B independent measurements; statistics run over the first
+axis. With ``X`` the member deviations of the state and ``Y`` those of the predictions ``yh = A(...)``, the tempered
+Kalman analysis of the likelihood ``p(y | x)^beta`` (observation covariance ``Gamma / beta``) is, in ensemble space
+(Hunt, Kostelich, Szunyogh 2007, "Efficient data assimilation ... the local ensemble transform Kalman filter",
+Eqs. 14-25; the Woodbury form of the gain K = C_xy (C_yy + Gamma / beta)^-1):
+
+    S        = Y^T Gamma^-1 Y / (N - 1)                       (N x N, the ensemble's signal-to-noise matrix)
+    mean    <- mean - X (I + beta S)^-1 beta Y^T g / (N - 1)  (g = Gamma^-1 (mean yh - y), the misfit gradient)
+    X       <- X (I + beta S)^-1/2                             (symmetric square root: deterministic, keeps mean)
+
+``Gamma^-1 Y`` and ``g`` come from the misfit gradient ``e_n = d loss(yh_n, y) / d yh_n`` of each member: for a
+Gaussian noise model ``e_n = (yh_n - y) / sigma^2``, so ``Gamma^-1 Y = e - mean(e)`` and ``g = mean(e)`` exactly; for
+other noise models the same expressions are the secant (statistical) linearisation of the misfit. The analysis
+covariance ``X (I + beta S)^-1 X^T / (N - 1)`` equals ``C - C_xy (C_yy + Gamma / beta)^-1 C_yx``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def as_real(t: Tensor) -> Tensor:
+    """Real view (complex measurements become pairs), so inner products are the real inner product."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def misfit_gradient(operator, y_hat: Tensor, y: Tensor) -> Tensor:
+    """``d loss(yh, y) / d yh`` of the operator's noise model: autograd on the misfit of the *measurement* only."""
+    with torch.enable_grad():
+        yh = y_hat.detach().requires_grad_(True)
+        (e,) = torch.autograd.grad(operator.loss(yh, y).sum(), yh)
+    return e
+
+
+def deviations(t: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean over members and deviations from it of an ensemble ``[N, B, k]``."""
+    mean = t.mean(0, keepdim=True)
+    return mean, t - mean
+
+
+def kalman_analysis(x: Tensor, y_hat: Tensor, e: Tensor, beta: float | Tensor) -> Tensor:
+    """The tempered square-root Kalman analysis above. ``x [N, B, d]`` states, ``y_hat [N, B, m]`` their predictions,
+    ``e [N, B, m]`` the misfit gradients at them; ``beta`` the likelihood's tempering (a float, or ``[B, N]``
+    weights per eigen-direction of S). Returns the analysed states ``[N, B, d]``."""
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("kalman_analysis needs at least 2 ensemble members")
+    x_mean, xd = deviations(x)
+    _, yd = deviations(y_hat)
+    e_mean = e.mean(0)
+    S = torch.einsum("nbk,mbk->bnm", yd, e - e_mean) / (n - 1)
+    lam, U = torch.linalg.eigh(0.5 * (S + S.transpose(1, 2)))                  # S = U diag(lam) U^T, [B, N, N]
+    lam = lam.clamp_min(0)                                                      # PSD up to rounding / secant error
+    beta = torch.as_tensor(beta, dtype=x.dtype, device=x.device)
+    shrink = 1 + beta * lam                                                     # eigenvalues of I + beta S
+    yg = torch.einsum("nbk,bk->bn", yd, e_mean) / (n - 1)                       # Y^T g / (N - 1)
+    w = torch.einsum("bnk,bk->bn", U, torch.einsum("bkn,bk->bn", U, yg) * beta / shrink)
+    mean = x_mean[0] - torch.einsum("nbd,bn->bd", xd, w)
+    T = torch.einsum("bnk,bk,bmk->bnm", U, shrink.rsqrt(), U)                  # (I + beta S)^-1/2
+    return mean[None] + torch.einsum("bmn,mbd->nbd", T, xd)
+
+
+def relax_spread(before: Tensor, after: Tensor, alpha: float) -> Tensor:
+    """Relaxation to prior spread (Whitaker & Hamill 2012, Eq. 3): scale each coordinate's deviations so that its
+    std moves the fraction ``alpha`` back from the analysis spread towards the forecast spread. Counters the
+    spurious shrinkage of unobserved coordinates that small ensembles suffer."""
+    if alpha <= 0:
+        return after
+    _, xd_b = deviations(before)
+    mean_a, xd_a = deviations(after)
+    s_b, s_a = xd_b.std(0, keepdim=True), xd_a.std(0, keepdim=True)
+    factor = torch.where(s_a > 0, 1 + alpha * (s_b - s_a) / s_a.clamp_min(torch.finfo(s_a.dtype).tiny),
+                         torch.ones_like(s_a))
+    return mean_a + xd_a * factor

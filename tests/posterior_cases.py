@@ -1,0 +1,266 @@
+"""The registry of the exact test bed: one entry per sampler (and per mode where a sampler has two), its settings on
+the linear-Gaussian problems of ``posterior_checks``, and what it must reach there.
+
+Settings are the shipped defaults except where the problem's scale needs otherwise (said per entry); the
+expectations state each sampler's known bias on these problems, measured once and bounded: the mean error
+allowed is the measured bias plus a quarter (added in quadrature to the Monte Carlo part, see
+``posterior_checks.violations``) and the spread bands are the measured spreads +- 20 % (plus the Monte Carlo
+band). An exact sampler would have mean error 0 and spreads 1; the comment of each entry says why it is not.
+``run(name, problem)`` is cached, so the mutation tests reuse the draws of the exact tests.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import posterior_checks as pc
+from diffinv.samplers import (DAPS, DDRM, DPS, EnKG, LatentDPS, PiGDM, PnPDM, PosteriorSDE, PSLD, REDDiff, ReSample,
+                              DiffPIR)
+from diffinv.samplers.mcmc import SKRock, ULA
+
+N = 256                 # draws per run: Monte Carlo limits 0.075 (mean error), 0.014 / 0.055 (spreads)
+MCMC_SIGMA = 0.05       # the plug-and-play Langevin samplers' denoiser noise level (their default)
+
+
+@dataclass
+class Case:
+    make: Callable[[pc.Problem], object]
+    expect: dict[str, pc.Expect]
+    latent: bool = False
+    # MCMC: chains start at exact draws of their own target (the prior smoothed at MCMC_SIGMA), which tests the
+    # transition kernel; mixing from a poor start is tested on the Gaussian mixture
+    mcmc: bool = False
+    problems: tuple[str, ...] = pc.PROBLEMS
+
+
+def band(spread: float, top: float, bottom: float, mean_error: float) -> pc.Expect:
+    """Measured bias -> expectation (see the module docstring)."""
+    w = lambda v: (0.9 * v, 1.1 * v)  # noqa: E731
+    return pc.Expect(mean_error=1.25 * mean_error, spread=w(spread), spread_top=w(top), spread_bottom=w(bottom))
+
+
+class _StartAtTarget:
+    """Mixin for the MCMC samplers: the chains start at exact draws of the sampler's own target."""
+
+    start: torch.Tensor | None = None
+
+    def _init_state(self, y_rep, operator, prior, generator):
+        return self.start.to(y_rep.dtype).reshape(y_rep.shape[0], *prior.event_shape)
+
+
+class _ULAFromTarget(_StartAtTarget, ULA):
+    pass
+
+
+class _SKRockFromTarget(_StartAtTarget, SKRock):
+    pass
+
+
+def mcmc_target(problem: pc.Problem) -> pc.Problem:
+    return pc.smoothed(problem, MCMC_SIGMA)
+
+
+@functools.lru_cache(maxsize=None)
+def problem(name: str) -> pc.Problem:
+    return pc.gaussian_problem(name)
+
+
+@functools.lru_cache(maxsize=None)
+def run(case: str, problem_name: str) -> tuple[torch.Tensor, pc.Problem]:
+    """The draws of ``case`` on ``problem_name`` and the exact law they must follow (posterior or MCMC target)."""
+    c = CASES[case]
+    p = problem(problem_name)
+    target = mcmc_target(p) if c.mcmc else p
+    sampler = c.make(p)
+    prior = pc.LinearLatentPrior(p.prior) if c.latent else p.prior
+    if c.mcmc:
+        sampler.start = pc.exact_draws(target, N, seed=11)
+    out = sampler.sample(p.y, p.operator, prior, num_samples=N, generator=torch.Generator().manual_seed(1))
+    return out, target
+
+
+def stats(case: str, problem_name: str) -> dict:
+    out, target = run(case, problem_name)
+    return pc.posterior_stats(out, target)
+
+
+def _b(*rows: tuple[str, float, float, float, float]) -> dict[str, pc.Expect]:
+    """``(problem, mean_error, spread, top, bottom)`` as measured (``python tests/posterior_cases.py``) -> bands."""
+    return {name: band(spread, top, bottom, err) for name, err, spread, top, bottom in rows}
+
+
+CASES: dict[str, Case] = {
+    # DPS (Chung et al. 2023), zeta 1, 200 of the 1000 steps: Tweedie's point estimate in the likelihood and a
+    # guidance step of fixed length zeta grad||r|| (a unit vector) that never shrinks to the posterior's width:
+    # the data-determined directions jitter by zeta |A| (45x their posterior std on the dense operator, whose
+    # singular values reach 6), while prior-determined directions come out 20-30 % narrow.
+    "DPS": Case(lambda p: DPS(num_steps=200), _b(("dense", 0.771, 10.98, 0.778, 43.72),
+                                                 ("inpaint", 0.440, 0.590, 0.721, 0.255),
+                                                 ("sr", 0.213, 0.725, 0.846, 0.758))),
+    # DDRM (Kawar et al. 2022), the published 20 steps, eta 0.85, eta_b 1: each spectral coordinate follows its own
+    # chain, pinned to ybar while the level is above its noise, so prior correlations between observed coordinates
+    # are ignored (large bias on the dense operator, small on pooling); eta < 1 shrinks the null space.
+    "DDRM": Case(lambda p: DDRM(), _b(("dense", 2.285, 2.511, 1.773, 5.349), ("inpaint", 1.161, 1.493, 2.000, 0.403),
+                                      ("sr", 0.317, 0.703, 0.799, 0.374))),
+    # DiffPIR (Zhu et al. 2023), the shipped 100 quad steps, lambda 1.75 (= 7 on [0, 1]), zeta 0.3: half-quadratic
+    # splitting is an optimiser with re-noising, not a sampler; the re-noising overspreads prior directions.
+    "DiffPIR": Case(lambda p: DiffPIR(), _b(("dense", 0.665, 1.307, 1.845, 1.018), ("inpaint", 0.399, 1.126, 1.824, 0.825),
+                                            ("sr", 0.170, 0.958, 1.006, 0.851))),
+    # PiGDM (Song et al. 2023), 100 DDIM steps, eta 1, the exact Tweedie form: exact for a white prior
+    # (tests/test_samplers_a.py); here p(x0 | x_t) has this prior's anisotropic covariance, not r_t^2 I.
+    "PiGDM": Case(lambda p: PiGDM(), _b(("dense", 0.811, 1.283, 1.791, 1.668), ("inpaint", 0.484, 0.956, 1.640, 0.705),
+                                        ("sr", 0.201, 0.780, 0.935, 0.685))),
+    # PiGDM with the reference code's adaptive weights: weaker guidance at high noise, narrower draws.
+    "PiGDM-reference": Case(lambda p: PiGDM(guidance="reference"),
+                            _b(("dense", 0.236, 0.795, 1.148, 0.843), ("inpaint", 0.164, 0.685, 0.897, 0.676),
+                               ("sr", 0.102, 0.669, 0.810, 0.672))),
+    # DAPS (Zhang et al. 2025) with the Bayesian data term (tau = None), 25 levels x 40 Langevin steps at lr 2.5e-4
+    # (the published 200 x 100 at lr 1e-4 takes 20 s here; the same Langevin time per level): p(x0 | x_t, y) is
+    # approximated with N(x0_hat, sigma_t^2 I), far broader than this prior at high noise, and the decayed step of
+    # the last levels does not equilibrate: draws about twice too wide.
+    "DAPS": Case(lambda p: DAPS(num_steps=25, langevin_steps=40, lr=2.5e-4),
+                 _b(("dense", 1.035, 1.708, 1.869, 1.125), ("inpaint", 1.152, 2.032, 2.451, 1.341),
+                    ("sr", 1.689, 2.222, 1.239, 1.285))),
+    # EnKG (Zheng et al. 2024), reference update (normalised step, decaying to 0), 40 steps, 256 particles: the
+    # normalised step over-contracts the ensemble (module docstring of enkg.py).
+    "EnKG": Case(lambda p: EnKG(batch_size=None, num_steps=40),
+                 _b(("dense", 1.925, 0.673, 0.650, 0.457), ("inpaint", 1.420, 0.524, 0.529, 0.405),
+                    ("sr", 1.055, 0.680, 0.745, 0.719))),
+    # EnKG with tempered Kalman updates, ancestral steps and spread relaxation 0.6 (the small-ensemble mode): the
+    # relaxation inflates, most where the data are strongest (dense: 2.2x in the data directions).
+    "EnKG-kalman": Case(lambda p: EnKG(batch_size=None, num_steps=40, update="kalman", num_updates=1, stochastic=True,
+                                       relaxation=0.6),
+                        _b(("dense", 0.244, 1.310, 0.966, 2.248), ("inpaint", 0.484, 1.518, 1.234, 1.328),
+                           ("sr", 0.221, 1.271, 1.168, 1.037))),
+    # RED-diff (Mardani et al. 2024) in the reference's units (lam 0.25, lr 0.1), 300 of 1000 steps: a variational
+    # point estimate from the pseudo-inverse; the spread is only that of the eps draws.
+    "REDDiff": Case(lambda p: REDDiff(num_steps=300, reference_scaling=True),
+                    _b(("dense", 1.075, 0.326, 0.369, 0.588), ("inpaint", 0.529, 0.639, 0.968, 0.176),
+                       ("sr", 0.245, 0.435, 0.479, 0.623))),
+    # PnP-DM (Wu et al. 2024) annealed down to rho 0.02 (the published black-hole floor; linear tasks stop at 0.3,
+    # where the target p(x) N(y; A x, sigma^2 + rho^2 A A^T) is far wider than the posterior): asymptotically
+    # exact, what is left is rho_min and the 50-step prior solve.
+    "PnPDM": Case(lambda p: PnPDM(num_iters=60, rho_min=0.02, num_diffusion_steps=50),
+                  _b(("dense", 0.277, 1.153, 1.373, 1.542), ("inpaint", 0.181, 1.077, 1.192, 1.071),
+                     ("sr", 0.091, 1.010, 1.010, 0.999))),
+    # Posterior SDE (the DPS likelihood in the reverse SDE, weight sqrt(d_y) / sigma_y): close, but the Tweedie point
+    # likelihood is overconfident at high noise (narrow data directions on the dense operator).
+    "PosteriorSDE": Case(lambda p: PosteriorSDE(), _b(("dense", 0.156, 0.934, 0.992, 0.667),
+                                                      ("inpaint", 0.207, 0.906, 0.819, 0.921),
+                                                      ("sr", 0.140, 0.951, 0.936, 1.001))),
+    # ULA at half its stability limit, started on its target: unbiased mean; the Euler-Maruyama stationary variance
+    # along a precision eigenvalue lam is 1 / (lam (1 - delta lam / 2)), so the stiffest directions (delta lam = 1/2)
+    # are sqrt(4/3) = 1.15x wide (checked in closed form in test_posterior_exact.py).
+    "ULA": Case(lambda p: _ULAFromTarget(sigma=MCMC_SIGMA, num_steps=200),
+                _b(("dense", 0.059, 1.024, 1.011, 1.128), ("inpaint", 0.065, 1.054, 0.995, 1.122),
+                   ("sr", 0.065, 1.044, 1.021, 1.062)), mcmc=True),
+    # SK-ROCK, 10 stages at half its stability limit, started on its target: unbiased mean; the damped Chebyshev
+    # recursion under-represents the stiffest directions (0.4-0.7 of their width), the rest is close.
+    "SKRock": Case(lambda p: _SKRockFromTarget(sigma=MCMC_SIGMA, num_steps=30),
+                   _b(("dense", 0.050, 0.755, 0.994, 0.699), ("inpaint", 0.055, 0.740, 0.881, 0.412),
+                      ("sr", 0.052, 0.798, 0.737, 0.626)), mcmc=True),
+    # Latent-DPS on the linear latent prior, 200 steps: DPS's fixed-length guidance step again (module above).
+    "LatentDPS": Case(lambda p: LatentDPS(num_steps=200),
+                      _b(("dense", 1.607, 22.85, 0.854, 76.44), ("inpaint", 0.279, 2.026, 0.648, 0.315),
+                         ("sr", 0.196, 0.677, 0.681, 0.476)), latent=True),
+    # PSLD, 200 steps: Latent-DPS plus the gluing term, which pulls towards A^+ y.
+    "PSLD": Case(lambda p: PSLD(num_steps=200),
+                 _b(("dense", 6.332, 22.18, 0.697, 73.76), ("inpaint", 0.641, 0.443, 0.500, 0.072),
+                    ("sr", 0.250, 0.782, 0.735, 0.393)), latent=True),
+    # ReSample, 100 steps with shortened optimisations: hard data consistency projects onto the data (narrow data
+    # directions) and the resampling re-noises prior directions.
+    "ReSample": Case(lambda p: ReSample(num_steps=100, pixel_max_iters=200, latent_max_iters=100, latent_patience=50),
+                     _b(("dense", 0.441, 2.791, 0.876, 1.015), ("inpaint", 0.536, 0.389, 0.778, 0.081),
+                        ("sr", 0.303, 0.433, 0.712, 0.583)), latent=True),
+}
+
+
+if __name__ == "__main__":       # measure every case (the figures of the expectations above)
+    import sys
+    import time
+
+    torch.set_num_threads(1)
+    only = sys.argv[1].split(",") if len(sys.argv) > 1 else list(CASES)
+    for name in only:
+        for pname in CASES[name].problems:
+            t0 = time.perf_counter()
+            s = stats(name, pname)
+            print(f"{name:16s} {pname:8s} mean_error {s['mean_error']:7.3f} spread {s['spread']:7.3f} "
+                  f"top {s['spread_top']:7.3f} bottom {s['spread_bottom']:7.3f}  {time.perf_counter() - t0:5.1f} s",
+                  flush=True)
+
+
+class _TwiceTheData(EnKG):
+    """EnKG's Kalman mode counting the likelihood twice (its tempering doubled)."""
+
+    def tempering(self) -> float:
+        return 2 * super().tempering()
+
+
+# "Doubles the step": each sampler with the step that carries the data (or the chain) doubled.
+DOUBLED: dict[str, Callable[[pc.Problem], object]] = {
+    "DPS": lambda p: DPS(num_steps=200, zeta=2.0),
+    "DDRM": lambda p: DDRM(num_steps=10),                             # no step size: twice the stride
+    "DiffPIR": lambda p: DiffPIR(num_steps=50),                        # closed-form data step: twice the stride
+    "PiGDM": lambda p: PiGDM(scale=2.0),
+    "PiGDM-reference": lambda p: PiGDM(guidance="reference", scale=2.0),
+    "DAPS": lambda p: DAPS(num_steps=25, langevin_steps=40, lr=5e-4),
+    "EnKG": lambda p: EnKG(batch_size=None, num_steps=40, guidance_scale=4.0),
+    "EnKG-kalman": lambda p: _TwiceTheData(batch_size=None, num_steps=40, update="kalman", num_updates=1,
+                                           stochastic=True, relaxation=0.6),
+    "REDDiff": lambda p: REDDiff(num_steps=300, reference_scaling=True, lr=0.2),
+    "PnPDM": lambda p: PnPDM(num_iters=30, rho_decay=0.9**2, rho_min=0.02, num_diffusion_steps=50),
+    "PosteriorSDE": lambda p: PosteriorSDE(weight=2 * math.sqrt(p.y[0].numel()) / p.sigma_y),
+    "ULA": lambda p: _ULAFromTarget(sigma=MCMC_SIGMA, num_steps=200, step_fraction=1.0),
+    "SKRock": lambda p: _SKRockFromTarget(sigma=MCMC_SIGMA, num_steps=30, step_fraction=1.0),
+    "LatentDPS": lambda p: LatentDPS(num_steps=200, zeta=2.0),
+    "PSLD": lambda p: PSLD(num_steps=200, omega=2.0),
+    "ReSample": lambda p: ReSample(num_steps=100, pixel_max_iters=200, latent_max_iters=100, latent_patience=50,
+                                   dps_scale=1.0, gamma=80.0),
+}
+
+
+def run_with(case: str, problem_name: str, make: Callable[[pc.Problem], object]) -> dict:
+    """Stats of another sampler (a broken variant) run exactly like ``case`` on ``problem_name``."""
+    c = CASES[case]
+    p = problem(problem_name)
+    target = mcmc_target(p) if c.mcmc else p
+    sampler = make(p)
+    prior = pc.LinearLatentPrior(p.prior) if c.latent else p.prior
+    if c.mcmc:
+        sampler.start = pc.exact_draws(target, N, seed=11)
+    out = sampler.sample(p.y, p.operator, prior, num_samples=N, generator=torch.Generator().manual_seed(1))
+    return pc.posterior_stats(out, target)
+
+
+def ula_closed_form_violations(ula_class) -> list[str]:
+    """ULA on a Gaussian target of precision P with step delta is the linear recursion x' = x - delta (P x - b) +
+    sqrt(2 delta) xi; its stationary covariance along an eigenvector of P (eigenvalue lam) is
+    2 delta / (1 - (1 - delta lam)^2) = 1 / (lam (1 - delta lam / 2)) (e.g. Durmus & Moulines 2017, Sec. 5).
+    z-tests of 512 draws' variance along every eigen-direction (the sample variance has relative std
+    sqrt(2 / (n - 1)) = 6 %): every |z| < 5, the mean z over the 16 stiffest directions (where the discretisation
+    inflates the variance by a third) within 5 / sqrt(16), and the target's own variances rejected there."""
+    p = problem("dense")
+    target = mcmc_target(p)
+    lam = 1.0 / target.lam                                   # precision eigenvalues along target.Q
+    delta = 0.5 / float(lam.max())
+    n = 512
+    sampler = ula_class(sigma=MCMC_SIGMA, num_steps=300, step_size=delta)
+    sampler.start = pc.exact_draws(target, n, seed=5)
+    out = sampler.sample(p.y, p.operator, p.prior, num_samples=n, generator=torch.Generator().manual_seed(6)).double()
+    c = (out.reshape(n, -1) - target.mean) @ target.Q
+    stiff = torch.argsort(lam, descending=True)[:16]
+    bad = []
+    for what, expected in (("ULA's closed form", 1.0 / (lam * (1 - delta * lam / 2))), ("the exact target", 1.0 / lam)):
+        z = (c.var(0) - expected) / (expected * math.sqrt(2 / (n - 1)))
+        fits = float(z.abs().max()) < 5 and abs(float(z[stiff].mean())) < 5 / 4
+        if what == "the exact target" and fits:
+            bad.append("the draws also fit the target without discretisation bias: the check has no power")
+        elif what != "the exact target" and not fits:
+            bad.append(f"variances off {what}: max |z| {float(z.abs().max()):.1f}, "
+                       f"mean z of the stiff directions {float(z[stiff].mean()):.2f}")
+    return bad
