@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import statistics
 import time
 import warnings
 from typing import Any, Callable
@@ -241,7 +242,10 @@ def run_gmm_benchmark_seeds(seeds: list[int], **kwargs) -> dict:
                          "forward_calls": round(sum(row["forward_calls"] for row in rows) / len(rows)),
                          "seconds": sum(row["seconds"] for row in rows) / len(rows),
                          "sliced_wasserstein_per_seed": sw, "ratio_to_prior": ratio("prior"),
-                         "ratio_to_mean": ratio("posterior mean")}
+                         "ratio_to_mean": ratio("posterior mean"),
+                         "mode_tv": sum(row["mode_tv"] for row in rows) / len(rows),
+                         "mode_spread": statistics.median(row["mode_spread"] for row in rows),
+                         "mode_mean_error": statistics.median(row["mode_mean_error"] for row in rows)}
     config = {**reports[0]["config"], "seed": list(seeds), "sigma_y": [r["config"]["sigma_y"] for r in reports]}
     return {"config": config, "results": results}
 
