@@ -202,6 +202,10 @@ def _remove_if_empty(logger) -> None:
         except Exception:       # noqa: BLE001 - unreadable: keep the folder
             return
     shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()        # the logger's folder, when this was its only version
+    except OSError:
+        pass
 
 
 def main(args: list[str] | None = None) -> None:
