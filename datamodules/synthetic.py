@@ -92,6 +92,10 @@ class SyntheticImageDataModule(LightningDataModule):
             self.train_images = self._generate(self.hparams.num_train, 0)
             self.val_images = self._generate(self.hparams.num_val, 1)
 
+    def train_dataset(self) -> Dataset:
+        self.setup()
+        return _Images(self.train_images)
+
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams      # order resumes exactly from a checkpoint (datamodules.resumable)
         return ResumableLoader(_Images(self.train_images), hp.batch_size, seed=hp.seed, num_workers=hp.num_workers,

@@ -130,9 +130,9 @@ class DiffinvCLI(LightningCLI):
                 self._fail(sub, f"{path} is a predict config (model InverseProblemSolver); `diffinv fit` trains a "
                            f"prior from a training config: configs/fit/<name>.yaml.")
 
-    def _place_outputs(self, sub: str) -> None:
+    @staticmethod
+    def _place_outputs(cfg, sub: str) -> None:
         """Logs and checkpoints without a folder go where the run writes (module docstring)."""
-        cfg = self.config[sub]
         trainer = _get(cfg, "trainer")
         for cb in _get(trainer, "callbacks") or []:
             args = _get(cb, "init_args")
@@ -157,11 +157,9 @@ class DiffinvCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
-        if sub is None:
-            apply_threads(self.config.get("threads"))
-            return
-        self._place_outputs(sub)
-        apply_threads(self.config[sub].get("threads"))
+        cfg = self.config if sub is None else self.config[sub]      # no subcommand: run=False, a fit config
+        self._place_outputs(cfg, sub or "fit")
+        apply_threads(cfg.get("threads"))
 
     def instantiate_classes(self) -> None:
         # jsonargparse wraps an error raised while building a class in "Does not validate against any of the

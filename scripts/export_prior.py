@@ -41,8 +41,8 @@ PROBLEMS = ("navier_stokes", "blackhole", "image", "generic")   # diffinv.metric
 
 def _atomic_save(obj, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    torch.save(obj, tmp)
+    with os.fdopen(fd, "wb") as f:     # a file object: torch names the archive "archive", so the bytes (and the
+        torch.save(obj, f)             # SHA-256 in the description) depend on the weights only
     os.replace(tmp, path)
 
 
