@@ -21,7 +21,6 @@ import importlib
 import pkgutil
 import statistics
 import time
-import warnings
 from typing import Any, Callable
 
 import torch
@@ -69,7 +68,8 @@ def gmm_hparams(name: str, sigma_y: float, overrides: dict | None = None) -> dic
 
 def load_all_samplers() -> dict[str, type]:
     """Import every module of ``diffinv.samplers`` (registering its classes in ``SAMPLERS``); a module that
-    fails to import is skipped with a warning (another engineer may be writing it)."""
+    fails to import raises an ``ImportError`` naming it: a benchmark that silently lost a sampler would report
+    the others as if they were all."""
     import diffinv.samplers as pkg
 
     for info in pkgutil.iter_modules(pkg.__path__):
@@ -77,8 +77,9 @@ def load_all_samplers() -> dict[str, type]:
             continue
         try:
             importlib.import_module(f"{pkg.__name__}.{info.name}")
-        except Exception as err:  # noqa: BLE001 - reported, not hidden
-            warnings.warn(f"diffinv.samplers.{info.name} failed to import and is skipped: {err!r}")
+        except Exception as err:  # noqa: BLE001 - re-raised with the module's name
+            raise ImportError(f"diffinv.samplers.{info.name} failed to import ({type(err).__name__}: {err}); fix it "
+                              f"(or name the module with a leading '_' to keep it out of the registry)") from err
     return dict(_base.SAMPLERS)
 
 
