@@ -10,7 +10,9 @@
 * RGB images: LPIPS (VGG) of the posterior mean (``diffinv.image_quality``), when torchvision and its
   weights are on the machine; FID is a property of a set of images, computed over a run's folder by
   ``scripts/compare.py``;
-* every problem: the measurement misfit ``operator.loss(operator(mean), y_obs)`` of the posterior mean.
+* every problem: the measurement misfit ``operator.loss(operator(mean), y_obs)`` of the posterior mean, and
+  ``coverage_2std``, the fraction of pixels whose truth lies within the posterior mean +- 2 std (nominal 95.45 %
+  for a calibrated posterior; NaN with a single draw; ``diffinv.calibration``).
 
 ``evaluate(names, samples, x_true, y_obs, operator)`` computes named metrics for one measurement;
 ``default_metrics(operator)`` picks the family's set. A metric whose network or weights are missing is
@@ -27,6 +29,7 @@ import torch
 from torch import Tensor
 
 from . import image_quality
+from .calibration import coverage_2std
 from .image_quality import MetricUnavailable
 from .operators.base import Operator
 from .operators.blackhole import BlackHoleImaging, blurred_psnr, closure_chi2
@@ -69,10 +72,11 @@ def problem_kind(operator: Operator) -> str:
 
 
 DEFAULTS = {
-    "image": ["psnr", "ssim", "misfit"],
-    "navier_stokes": ["rel_l2", "rel_l2_samples", "misfit"],
-    "blackhole": ["chi2_cphase", "chi2_logcamp", "blurred_psnr_10", "blurred_psnr_15", "blurred_psnr_20", "misfit"],
-    "generic": ["rel_l2", "misfit"],
+    "image": ["psnr", "ssim", "misfit", "coverage_2std"],
+    "navier_stokes": ["rel_l2", "rel_l2_samples", "misfit", "coverage_2std"],
+    "blackhole": ["chi2_cphase", "chi2_logcamp", "blurred_psnr_10", "blurred_psnr_15", "blurred_psnr_20", "misfit",
+                  "coverage_2std"],
+    "generic": ["rel_l2", "misfit", "coverage_2std"],
 }
 
 
@@ -81,7 +85,7 @@ def default_metrics(operator: Operator) -> list[str]:
     if "ssim" in names and min(operator.input_shape[-2:]) < 11:
         names.remove("ssim")
     if names[:1] == ["psnr"] and tuple(operator.input_shape)[:1] == (3,):
-        names.insert(-1, "lpips")           # RGB images: the perceptual distance papers report
+        names.insert(names.index("misfit"), "lpips")   # RGB images: the perceptual distance papers report
     return names
 
 
@@ -128,6 +132,7 @@ METRICS: dict[str, MetricFn] = {
     "blurred_psnr_20": _blurred(20.0),
     "lpips": lambda s, m, x, y, op: float(image_quality.lpips(_clip(m), x)[0]),
     "misfit": lambda s, m, x, y, op: float(op.loss(op(m), y)[0]),
+    "coverage_2std": lambda s, m, x, y, op: coverage_2std(s, x),
 }
 
 # metrics that need a network or weights that may be missing: name -> () -> None or the reason

@@ -41,6 +41,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from diffinv.calibration import calibration_curve, plot_calibration
 from diffinv.metrics import unavailable
 
 from .output_folder import (FolderLock, atomic_write, default_output_dir, file_digest, json_bytes, read_json,
@@ -206,7 +207,7 @@ class PredictionWriter(BasePredictionWriter):
             files["png"] = file_digest(self.path(sid, ".png"))
         record = {"id": sid, "metrics": item["metrics"], "cost": item["cost"], "seconds": item["seconds"],
                   "num_samples": item["num_samples"], "sampler": item["sampler"], "rank": item.get("rank", self._rank),
-                  "checks": item.get("checks", {}), "files": files}
+                  "checks": item.get("checks", {}), "calibration": item.get("calibration"), "files": files}
         atomic_write(self.path(sid, ".json"), lambda f: f.write(json_bytes(record)))   # last: marks completion
         self.path(sid, ".failed.json").unlink(missing_ok=True)
 
@@ -284,8 +285,13 @@ class PredictionWriter(BasePredictionWriter):
                    "ids": [r["id"] for r in records], "failures": failures, "flagged": flagged,
                    "problems": problems}
         summary["unavailable"] = unavailable(metric_names)     # metrics recorded as null, and why
+        calibrated = [r["calibration"] for r in records if r.get("calibration")]
+        summary["calibration"] = calibration_curve(calibrated) if calibrated else None
         out = self.output_dir
         atomic_write(out / "summary.json", lambda f: f.write(json_bytes(summary)))
+        if calibrated:      # nominal vs observed coverage of the truth, next to the summary
+            png = plot_calibration(summary["calibration"], f"{summary['sampler']}, {len(calibrated)} item(s)")
+            atomic_write(out / "calibration.png", lambda f: f.write(png))
 
         def per_id(f):
             text = io.StringIO()
@@ -364,6 +370,13 @@ def format_notes(summary: dict[str, Any]) -> str:
     lines += [f"FLAGGED {sid}: misfit {c['value']:.4g} is {c['value'] / c['reference']:.3g} x the noise level "
               f"(m / 2 = {c['reference']:.4g}); the sampler did not fit the data (step size / guidance?)"
               for sid, c in summary.get("flagged", {}).items()]
+    curve = summary.get("calibration")
+    if curve and curve.get("items"):
+        levels, cov = curve["levels"], curve["coverage"]
+        pairs = ", ".join(f"{100 * a:.0f} % -> {100 * c:.1f} %" for a, c in zip(levels, cov) if math.isfinite(c))
+        if pairs:
+            lines.append(f"coverage of the truth by the posterior intervals (nominal -> observed, fraction of "
+                         f"pixels): {pairs}; calibration.png")
     return "".join(f"\n{line}" for line in lines)
 
 

@@ -34,6 +34,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from datamodules.base import operator_for, sample_seed
+from diffinv.calibration import calibration
 from diffinv.metrics import check_metric_names, default_metrics, problem_kind
 from diffinv.metrics import evaluate as evaluate_metrics
 from diffinv.operators.base import Operator
@@ -312,7 +313,8 @@ class InverseProblemSolver(LightningModule):
                 "x_true": cpu(x_true[0]), "y_obs": cpu(y_obs[0]), "y_view": cpu(y_view), "y_label": y_label,
                 "metrics": metrics, "cost": {k: int(v) for k, v in cost.items()}, "seconds": seconds,
                 "num_samples": self.num_samples, "sampler": type(self.sampler).__name__,
-                "kind": problem_kind(self.operator), "panel": panel_info(op, y_obs), "rank": self.global_rank, "checks": checks}
+                "kind": problem_kind(self.operator), "panel": panel_info(op, y_obs), "rank": self.global_rank, "checks": checks,
+                "calibration": calibration(samples, x_true)}
 
     def predict_step(self, batch: dict, batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         writer = self._writer()

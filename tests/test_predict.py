@@ -78,11 +78,17 @@ def test_navier_stokes_enkg_and_resume(tmp_path):
     out = tmp_path / "run" / "predictions" / "enkg"
     ids = ["item000", "item001"]
     check_outputs(out, ids, ["rel_l2", "rel_l2_samples", "misfit"])
+    # the uncertainty's calibration: per item in its record, over the run in summary.json and calibration.png
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["calibration"]["items"] == len(ids) and len(summary["calibration"]["coverage"]) == 6
+    assert (out / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+    record = json.loads((out / "item000.json").read_text())
+    assert 0.0 <= record["calibration"]["coverage"][4] <= 1.0 and sum(record["calibration"]["z_counts"]) == 256
     with np.load(out / "item000.npz") as z:
         assert z["samples"].shape == (6, 1, 16, 16) and z["y_obs"].shape == (1, 4, 4)
     # a re-run finds every id complete: nothing is sampled or rewritten
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix in (".npz", ".png", ".json")
-              and not p.name.startswith(("summary", "run"))}
+              and not p.name.startswith(("summary", "run", "calibration"))}
     predict(tmp_path, *cfgs)
     assert stamps == {p: (out / p).stat().st_mtime_ns for p in stamps}
     log = (out / "_logs" / "rank0.log").read_text().split("\n")
