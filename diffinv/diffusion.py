@@ -2,7 +2,7 @@
 unconditional samplers (DDPM ancestral, DDIM, Euler / Heun on the probability-flow ODE and the
 reverse SDE).
 
-Everything works in the denoiser convention of DESIGN.md section 3 (Karras et al. 2022, "EDM"):
+Everything works in the denoiser convention (``docs/conventions.md#denoiser-convention``; Karras et al. 2022, "EDM"):
 ``x = x0 + sigma * n`` and ``denoise(x, sigma) = E[x0 | x]``. A variance-preserving state
 ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` is the same point scaled by ``s = sqrt(abar_t)``,
 with ``sigma_t = sqrt((1 - abar_t) / abar_t)``.

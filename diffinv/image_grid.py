@@ -26,5 +26,5 @@ def make_grid(images: Tensor, nrow: int | None = None, padding: int = 2, pad_val
 
 
 def to_unit_range(images: Tensor) -> Tensor:
-    """Images in [-1, 1] (DESIGN.md section 2) to [0, 1] for display, clamped."""
+    """Images in [-1, 1] (``docs/conventions.md#data-conventions``) to [0, 1] for display, clamped."""
     return ((images.detach().float() + 1) / 2).clamp_(0, 1)

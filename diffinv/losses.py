@@ -103,7 +103,7 @@ class VPEpsilonLoss:
     trained on their first ``C`` (epsilon) channels only: the variance head gets no gradient and
     keeps its pretrained values (under AdamW only if ``weight_decay = 0``). Nichol & Dhariwal's
     ``L_vlb`` term for the variance is not implemented; diffinv's samplers use epsilon alone
-    (DESIGN.md section 3), so the variance channels are never read."""
+    (``docs/conventions.md#denoiser-convention``), so the variance channels are never read."""
 
     def __init__(self, schedule: str = "linear", num_steps: int = 1000):
         self.schedule = DiscreteVPSchedule(schedule, num_steps)

@@ -1,4 +1,4 @@
-"""The checks every operator passes (DESIGN.md section 4), shared by the per-family test files.
+"""The checks every operator passes (``docs/conventions.md#operator-contract``), shared by the per-family test files.
 
 Each family test builds small instances and calls ``check_operator(op)``; ``tests/test_operator_contract.py``
 collects every family's ``SMALL_OPERATORS`` list into one registry and loops it through these checks.

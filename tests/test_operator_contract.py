@@ -1,5 +1,5 @@
-"""One registry of every operator, looped through the same checks (DESIGN.md section 4): shapes and
-dtype, independence of batch elements, per-sample misfit, adjointness / pseudo-inverse / SVD for linear
+"""One registry of every operator, looped through the same checks (``docs/conventions.md#operator-contract``):
+shapes and dtype, independence of batch elements, per-sample misfit, adjointness / pseudo-inverse / SVD for linear
 operators, and float64 gradcheck for differentiable ones. Each family lists small instances in
 ``tests/operators_<family>.py``."""
 import pytest

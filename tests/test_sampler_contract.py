@@ -1,4 +1,4 @@
-"""One registry of every sampler, looped through the same contract checks (DESIGN.md section 5):
+"""One registry of every sampler, looped through the same contract checks (``docs/conventions.md#sampler-contract``):
 output shape and sample-major order, seeded reproducibility, the callback, NFE equal to the counted
 denoiser calls, and capability errors raised before any work. Every module of ``diffinv.samplers`` is
 imported, so a new algorithm joins these tests automatically; it must add its fast settings to

@@ -1,6 +1,6 @@
 """Image files on disk: folder listing, path manifests, and reading into the prior's units (PIL, no Lightning).
 
-Conventions (DESIGN.md section 2): an image becomes a float32 tensor ``[C, H, W]`` in ``[-1, 1]``
+Conventions (``docs/conventions.md#data-conventions``): an image becomes a float32 tensor ``[C, H, W]`` in ``[-1, 1]``
 (``2 * value / max_value - 1``, 8- and 16-bit files). A single-channel file is replicated to 3 channels
 when the caller asks for ``channels=3`` (grayscale super-resolution data); a colour file asked for as
 ``channels=1`` is an error (silently dropping colour would change the problem). Images that are not

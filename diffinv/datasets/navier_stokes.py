@@ -13,7 +13,7 @@ public here, so the field parameters below follow the Navier–Stokes data gener
    operator). The evolved fields are the samples x0 of the prior: turbulent fields with values roughly in
    (-20, 20), standard deviation about 5 (at 128 x 128).
 3. Store them in physical units, float32; the prior sees them divided by ``scale`` = 10
-   (DESIGN.md section 2).
+   (``docs/conventions.md#data-conventions``).
 
 Layout of ``OUT``::
 

@@ -1,4 +1,5 @@
-"""Forward models (DESIGN.md section 4): image restoration, Navier-Stokes, black-hole interferometry."""
+"""Forward models: image restoration, Navier-Stokes, black-hole interferometry (the contract they follow:
+``docs/conventions.md#operator-contract``)."""
 from .base import Operator, conjugate_gradient, dense_matrix
 from .blackhole import BlackHoleImaging, ClosureNoise
 from .blur import (CircularConvolution, CircularGaussianBlur, CircularMotionBlur, Convolution, GaussianBlur, MotionBlur,

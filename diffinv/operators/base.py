@@ -1,4 +1,4 @@
-"""The operator contract (DESIGN.md section 4).
+"""The operator contract (``docs/conventions.md#operator-contract``).
 
 An operator is a batched ``nn.Module`` for one forward model:
 

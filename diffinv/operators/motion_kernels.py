@@ -1,7 +1,7 @@
 """Seeded blur kernels: the random-trajectory motion-blur kernel of DPS / ReSample and the Gaussian kernel.
 
 ``motion_blur_kernel`` is this project's implementation of the generator DPS and ReSample take from
-LeviBorodenko/motionblur (facts in shared/REFERENCES.md, "Motion-blur kernels"). On a canvas twice the
+LeviBorodenko/motionblur (``docs/references.md#motion-blur-kernels``). On a canvas twice the
 kernel size, with diagonal ``D``:
 
 1. path length ``L = 0.75 D (U(0, 1) + U(0, intensity^2))``; step lengths ``Beta(1, 30) (1 - intensity + 0.1) D``,

@@ -1,7 +1,7 @@
 """Measurement noise models: draw ``y_obs = noise(A(x), generator)`` and score ``loss(y_hat, y_obs)``.
 
 ``sigma`` is always given on the scale of the measurement the operator returns
-(DESIGN.md section 2). ``loss`` is the negative log-likelihood up to a constant, per sample
+(``docs/conventions.md#data-conventions``). ``loss`` is the negative log-likelihood up to a constant, per sample
 (shape ``[B]``), so that ``grad loss`` is the data-fidelity gradient samplers use.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Posterior samplers (DESIGN.md section 5), one module per algorithm. Importing this package registers
-every algorithm in ``SAMPLERS`` (name -> class)."""
+"""Posterior samplers (``docs/conventions.md#sampler-contract``), one module per algorithm. Importing this
+package registers every algorithm in ``SAMPLERS`` (name -> class)."""
 from .base import SAMPLERS, Sampler, posterior_stats, repeat_measurement
 from .daps import DAPS
 from .ddrm import DDRM

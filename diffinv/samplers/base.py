@@ -1,4 +1,4 @@
-"""The sampler contract (DESIGN.md section 5).
+"""The sampler contract (``docs/conventions.md#sampler-contract``).
 
 A sampler's ``__init__`` takes only its hyperparameters; ``sample(y, operator, prior, num_samples,
 generator, callback)`` returns ``[num_samples * B, ...]`` posterior samples in sample-major order

@@ -19,8 +19,8 @@ The start follows Eq. 7 exactly; the reference code's start is that point times 
 the data when it is noise-free). DDRM never calls the forward model itself: it uses only the SVD transforms
 (``cost.forward_calls`` stays 0).
 
-Two defects of deepinv 0.5.0's DDRM are fixed (REFERENCES.md): the iterate at level t has noise of standard
-deviation exactly ``sigma_t`` around x0 in every coordinate, and the denoiser is called at that same sigma
+Two defects of deepinv 0.5.0's DDRM are fixed (``docs/references.md#ddrm``): the iterate at level t has noise of
+standard deviation exactly ``sigma_t`` around x0 in every coordinate, and the denoiser is called at that same sigma
 (deepinv adds noise ``sigma_t / sqrt 2`` but denoises at ``sigma_t``); unobserved coordinates start from
 ``sigma_T n`` as in Eq. 7, not from 0.
 """

@@ -33,7 +33,8 @@ of y; here x_T ~ N(0, I), as in Algorithm 1.
 Scale of lambda: the paper and the reference state sigma_n on the [0, 1] image scale (e.g. 12.75 / 255) while the
 model works on [-1, 1]; the ratio of the two quadratic terms is invariant under rescaling x and y together, so
 their lambda = 7 equals lambda = 7 / 4 = 1.75 here, where sigma_n is ``operator.sigma`` on the measurement's own
-scale (DESIGN.md). The default is therefore 1.75 (the reference's runs: lambda 7, zeta 0.3, 100 quad steps).
+scale (``docs/conventions.md#data-conventions``). The default is therefore 1.75 (the reference's runs: lambda 7,
+zeta 0.3, 100 quad steps).
 """
 from __future__ import annotations
 

@@ -19,9 +19,10 @@ e.g. vorticity), and fewer than 1000 steps use the DDIM grid ``range(0, 1000, 10
 diffusion's respacing rounds ``i * 999 / (n - 1)`` instead).
 
 The norm-guidance weight depends on the scale of the data: deepinv's weight-1 DPS is nearly inactive on the
-Gaussian-mixture benchmark (REFERENCES.md). ``scale_by_sigma_y=True`` multiplies zeta by ``sqrt(d_y) / sigma_y``;
-near the data ``||r|| ~ sqrt(d_y) sigma_y``, so ``sqrt(d_y)/sigma_y grad ||r|| ~ grad ||r||^2 / (2 sigma_y^2)`` and
-zeta = 1 then approximates the Gaussian log-likelihood gradient at Tweedie's point (DPS Eq. 16).
+Gaussian-mixture benchmark (``docs/references.md#dps``). ``scale_by_sigma_y=True`` multiplies zeta by
+``sqrt(d_y) / sigma_y``; near the data ``||r|| ~ sqrt(d_y) sigma_y``, so
+``sqrt(d_y)/sigma_y grad ||r|| ~ grad ||r||^2 / (2 sigma_y^2)`` and zeta = 1 then approximates the Gaussian
+log-likelihood gradient at Tweedie's point (DPS Eq. 16).
 """
 from __future__ import annotations
 

@@ -59,7 +59,8 @@ class PhaseTimer:
 
 def latent_x0(prior, z_t: Tensor, abar_t: Tensor) -> Tensor:
     """Tweedie's ``E[z0 | z_t]`` for the VP state ``z_t = sqrt(abar) (z0 + sigma n)``: the denoiser sees
-    the VE point ``z_t / sqrt(abar)`` at ``sigma = sqrt((1 - abar) / abar)`` (DESIGN.md section 3)."""
+    the VE point ``z_t / sqrt(abar)`` at ``sigma = sqrt((1 - abar) / abar)``
+    (``docs/conventions.md#denoiser-convention``)."""
     sigma = ((1 - abar_t) / abar_t).sqrt()
     return prior.denoise(z_t / abar_t.sqrt(), sigma.expand(z_t.shape[0]))
 

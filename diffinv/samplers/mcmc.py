@@ -13,7 +13,7 @@ std ``s = sigma``; its score comes from the denoiser by Tweedie's formula,
 With the exact analytic priors the target is therefore known in closed form: a Gaussian prior
 N(mu, S) smoothed at s is N(mu, S + s^2 I).
 
-Differences from deepinv 0.5.0 (see REFERENCES.md): the chains start from a diverse initialisation
+Differences from deepinv 0.5.0 (``docs/references.md#ula-and-sk-rock``): the chains start from a diverse initialisation
 (the pseudo-inverse plus noise, or noise) instead of all at A^T y; nothing is clipped; every one of
 the ``num_samples`` returned draws is the final state of its own chain, all chains run in one batch;
 the step size defaults to a fraction of the stability limit estimated by power iteration.

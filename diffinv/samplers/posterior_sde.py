@@ -22,7 +22,7 @@ The misfit ``m`` (``guidance``):
     ``w = sqrt(d_y) / sigma_y`` unless ``weight`` is given: near the solution ``||y - A x|| ≈ sqrt(d_y)
     sigma_y``, so ``w grad m`` matches the Gaussian log-likelihood gradient ``A^T (A x - y) / sigma_y^2``
     there, while staying bounded far from it (deepinv's weight 1 depends on the data scale and is nearly
-    inactive on the Gaussian-mixture benchmark; see REFERENCES.md);
+    inactive on the Gaussian-mixture benchmark; ``docs/references.md#posterior-sde``);
   * "loss": ``m = operator.loss(A(x0_hat), y)``, the noise model's negative log-likelihood (for Gaussian
     noise ``||y - A x0_hat||^2 / (2 sigma_y^2)``), times ``weight`` (default 1). Exact as sigma -> 0,
     overconfident at large sigma (it ignores the spread of x0 given x_t) and stiff when sigma_y is small.

@@ -1,6 +1,6 @@
 """Uncertainty from posterior samples: pixel-wise mean and standard deviation of N draws made in ONE
-batched ``sample(..., num_samples=N)`` call (DESIGN.md section 5: statistics come from returned samples,
-never from a sampler-specific side path), and the effective sample size of MCMC trajectories."""
+batched ``sample(..., num_samples=N)`` call (``docs/conventions.md#sampler-contract``: statistics come from returned
+samples, never from a sampler-specific side path), and the effective sample size of MCMC trajectories."""
 from __future__ import annotations
 
 import torch
