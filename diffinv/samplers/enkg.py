@@ -2,7 +2,7 @@
 
 Zheng, Tang, Chen, Yue, Azizzadenesheli, Anandkumar, Stuart, Bouman, Yue, "Ensemble Kalman diffusion guidance:
 a derivative-free method for inverse problems" (2024, arXiv:2409.20175); reference code devzhk/enkg-pytorch,
-``algo/enkg.py`` (facts in REFERENCES.md).
+``algo/enkg.py`` (settings and deviations: ``docs/references.md#enkg``).
 
 An ensemble of ``num_samples`` particles per measurement follows the probability-flow ODE of EDM (Karras et al.
 2022, Algorithm 1 without the Heun correction) on the Karras grid (EDM Eq. 5). Inside the guidance window each
