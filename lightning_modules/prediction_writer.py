@@ -20,7 +20,8 @@ everything).
 
 At the end (all ranks, after a barrier; never inside ``predict_step``) rank 0 reads the results of every
 id of the run back from disk and writes ``metrics.csv`` (one row per id), ``summary.csv`` and
-``summary.json`` (mean, std and count per metric; failed, missing and flagged ids), prints the table and
+``summary.json`` (mean, std and count per metric; failed, missing and flagged ids; the calibration curve:
+nominal vs observed coverage of the truth, also drawn in ``calibration.png``), prints the table and
 logs it (and a few panels) to the loggers; TensorBoard gets scalars, a text table, the panels as images
 and the run's settings as hyper-parameters (with the metric means, for TensorBoard's HPARAMS view).
 """

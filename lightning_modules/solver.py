@@ -95,9 +95,9 @@ class InverseProblemSolver(LightningModule):
         on_failure: an item whose solve fails (sampler divergence, forward-model blow-up, unreadable data):
             ``"continue"`` records it (``<id>.failed.json``, counted in the summary) and goes on with the next;
             ``"stop"`` records it and ends the run with its message.
-        network, checkpoint, parameterization: instead of ``prior``, the network of a ``configs/prior/*.yaml``
-            fit config (``PriorTraining``'s ``network``, kept by jsonargparse when the model class changes) and
-            the weights to load into it: the prior is then ``PixelPrior(network, checkpoint, parameterization)``.
+        network, checkpoint, parameterization: instead of ``prior``, what a ``configs/prior/*.yaml`` prior config
+            gives: the network and the weights to load into it; the prior is then
+            ``PixelPrior(network, checkpoint, parameterization)``.
     """
 
     def __init__(self, prior: Prior | None = None, sampler: Sampler | None = None, num_samples: int = 4,
@@ -157,7 +157,8 @@ class InverseProblemSolver(LightningModule):
     def setup(self, stage: str) -> None:
         if stage != "predict":
             raise ValueError(f"InverseProblemSolver only runs `diffinv predict` (got stage {stage!r}); train priors "
-                             f"with a configs/prior/*.yaml config (lightning_modules.prior_training.PriorTraining).")
+                             f"with `diffinv fit --config configs/fit/<prior>.yaml` (lightning_modules.prior_training."
+                             f"PriorTraining).")
         op = self._source_operator()
         check_problem(getattr(self.prior, "description", None), getattr(self.prior, "checkpoint", None),
                       problem_kind(op), type(op).__name__)
