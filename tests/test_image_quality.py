@@ -211,4 +211,4 @@ def test_rgb_problems_report_lpips_by_default():
     from diffinv.metrics import default_metrics
 
     assert default_metrics(Inpainting((3, 16, 16))) == ["psnr", "ssim", "lpips", "misfit", "coverage_2std"]
-    assert default_metrics(Inpainting((1, 16, 16))) == ["psnr", "ssim", "misfit"]
+    assert default_metrics(Inpainting((1, 16, 16))) == ["psnr", "ssim", "misfit", "coverage_2std"]
