@@ -1,10 +1,12 @@
 """Posterior samplers (``docs/conventions.md#sampler-contract``), one module per algorithm. Importing this
 package registers every algorithm in ``SAMPLERS`` (name -> class)."""
 from .base import SAMPLERS, Sampler, posterior_stats, repeat_measurement
+from .baselines import PriorSamples, Tikhonov
 from .daps import DAPS
 from .ddrm import DDRM
 from .diffpir import DiffPIR
 from .dps import DPS
+from .eki import EKI
 from .enkg import EnKG
 from .latent_dps import LatentDPS
 from .mcmc import SKRock, ULA
@@ -15,5 +17,5 @@ from .psld import PSLD
 from .red_diff import REDDiff
 from .resample import ReSample
 
-__all__ = ["SAMPLERS", "Sampler", "posterior_stats", "repeat_measurement", "DAPS", "DDRM", "DiffPIR", "DPS", "EnKG",
+__all__ = ["SAMPLERS", "Sampler", "posterior_stats", "repeat_measurement", "DAPS", "DDRM", "EKI", "PriorSamples", "Tikhonov", "DiffPIR", "DPS", "EnKG",
            "LatentDPS", "SKRock", "ULA", "PiGDM", "PnPDM", "PosteriorSDE", "PSLD", "REDDiff", "ReSample"]

@@ -63,6 +63,25 @@ def kalman_analysis(x: Tensor, y_hat: Tensor, e: Tensor, beta: float | Tensor) -
     return mean[None] + torch.einsum("bmn,mbd->nbd", T, xd)
 
 
+def kalman_perturbed(x: Tensor, y_hat: Tensor, e: Tensor, beta: float, noise_white: Tensor) -> Tensor:
+    """The stochastic (perturbed-observation) form of the same update (Evensen 1994; Iglesias, Law & Stuart 2013,
+    Eq. 9): every member assimilates its own perturbed data ``y + eta_n``, ``eta_n ~ N(0, Gamma / beta)``, through
+    the gain of the ensemble covariances, ``x_n <- x_n + X (I + beta S)^-1 beta Y^T Gamma^-1 (y + eta_n - yh_n) /
+    (N - 1)``. ``noise_white`` is ``Gamma^-1 eta_n`` for each member ``[N, B, m]`` (for Gaussian noise of std sigma:
+    ``xi / (sigma sqrt(beta))`` with ``xi ~ N(0, I)``); ``Gamma^-1 (y - yh_n) = -e_n``."""
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("kalman_perturbed needs at least 2 ensemble members")
+    _, xd = deviations(x)
+    _, yd = deviations(y_hat)
+    S = torch.einsum("nbk,mbk->bnm", yd, e - e.mean(0)) / (n - 1)
+    lam, U = torch.linalg.eigh(0.5 * (S + S.transpose(1, 2)))
+    lam = lam.clamp_min(0)
+    innovation = torch.einsum("mbk,nbk->bmn", yd, noise_white - e) / (n - 1)     # Y^T Gamma^-1 (innovation_n)
+    coef = torch.einsum("bjk,bk,blk,blm->bjm", U, beta / (1 + beta * lam), U, innovation)   # (I + bS)^-1 b (.)
+    return x + torch.einsum("jbd,bjn->nbd", xd, coef)
+
+
 def relax_spread(before: Tensor, after: Tensor, alpha: float) -> Tensor:
     """Relaxation to prior spread (Whitaker & Hamill 2012, Eq. 3): scale each coordinate's deviations so that its
     std moves the fraction ``alpha`` back from the analysis spread towards the forecast spread. Counters the
