@@ -215,6 +215,7 @@ class BlackHoleImaging(Operator):
 
     linear = False          # affine in x ((x + 1) / 2), and scored through nonlinear closures
     differentiable = True
+    interferometric = True  # visibilities of an array (what ehtim's imager takes)
 
     def __init__(self, npix: int = 64, fov_uas: float = 160.0, source: str = "M87",
                  jy_per_unit: float = 0.003, tint_s: float = 10.0, tadv_s: float = 600.0,

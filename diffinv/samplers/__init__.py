@@ -7,6 +7,7 @@ from .ddrm import DDRM
 from .diffpir import DiffPIR
 from .dps import DPS
 from .eki import EKI
+from .ehtim_rml import EhtimRML
 from .enkg import EnKG
 from .latent_dps import LatentDPS
 from .mcmc import SKRock, ULA
@@ -17,5 +18,5 @@ from .psld import PSLD
 from .red_diff import REDDiff
 from .resample import ReSample
 
-__all__ = ["SAMPLERS", "Sampler", "posterior_stats", "repeat_measurement", "DAPS", "DDRM", "EKI", "PriorSamples", "Tikhonov", "DiffPIR", "DPS", "EnKG",
+__all__ = ["SAMPLERS", "Sampler", "posterior_stats", "repeat_measurement", "DAPS", "DDRM", "EKI", "EhtimRML", "PriorSamples", "Tikhonov", "DiffPIR", "DPS", "EnKG",
            "LatentDPS", "SKRock", "ULA", "PiGDM", "PnPDM", "PosteriorSDE", "PSLD", "REDDiff", "ReSample"]

@@ -25,6 +25,7 @@ CAPABILITIES = {
     "linear": "a linear forward model",
     "svd": "a linear forward model with a singular value decomposition",
     "latent": "a latent prior (with encode / decode)",
+    "interferometry": "interferometric data (a BlackHoleImaging operator)",
 }
 
 SAMPLERS: dict[str, type["Sampler"]] = {}
@@ -38,6 +39,8 @@ def capabilities(operator: Operator, prior=None) -> set[str]:
         caps.add("linear")
         if operator.has_svd:
             caps.add("svd")
+    if getattr(operator, "interferometric", False):
+        caps.add("interferometry")
     if prior is not None and hasattr(prior, "encode") and hasattr(prior, "decode"):
         caps.add("latent")
     return caps
