@@ -91,30 +91,34 @@ def format_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]])
 
 
-def solve(algorithms: list[str], fields: int, downsample: int, output: Path, prior_config: Path = PRIOR_CONFIG,
-          checkpoint: Path = CHECKPOINT, data: str | None = None, extra: list[str] = ()) -> dict[str, dict]:
-    """``diffinv predict`` with each algorithm's demo config on ``fields`` test fields (``extra``: more command-line
-    arguments for every run); returns each run's ``summary.json``. Fields already solved under ``output`` are
-    skipped (the writer's resume)."""
+def run_predict(configs: list[Path], output: Path, extra: list[str] = (), label: str = "") -> dict:
+    """One ``diffinv predict`` run of ``configs`` (prior, problem, sampler; the last names the predictions folder)
+    into ``output``; returns its ``summary.json``. Items already solved under ``output`` are skipped (the writer's
+    resume)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    common = ["--config", str(prior_config), "--config", str(PROBLEM)]
+    cmd = [sys.executable, "-m", "lightning_modules.cli", "predict",
+           *[a for c in configs for a in ("--config", str(c))], "--trainer.default_root_dir", str(output), *extra]
+    print(f"\n=== {label}: diffinv predict {' '.join(cmd[4:])}\n", flush=True)
+    t0 = time.time()
+    rc = subprocess.call(cmd, cwd=ROOT, env=env)
+    if rc != 0:
+        fail(f"{label} failed (exit code {rc}); see the messages above.")
+    print(f"=== {label} finished in {time.time() - t0:.0f} s", flush=True)
+    return json.loads((output / "predictions" / Path(configs[-1]).stem / "summary.json").read_text())
+
+
+def solve(algorithms: list[str], fields: int, downsample: int, output: Path, prior_config: Path = PRIOR_CONFIG,
+          checkpoint: Path = CHECKPOINT, data: str | None = None, extra: list[str] = (),
+          samplers: dict[str, Path] = SAMPLERS) -> dict[str, dict]:
+    """``diffinv predict`` with each algorithm's config (``samplers[name]``) on ``fields`` Navier–Stokes test
+    fields at subsampling ``downsample`` (``extra``: more command-line arguments for every run); returns each
+    run's ``summary.json``."""
     extra = [*prior_arguments(prior_config, checkpoint),
              "--data.init_args.root", data or data_root(None),
              "--data.init_args.num_test", str(fields), "--data.init_args.max_items", str(fields),
-             "--data.init_args.operator.init_args.downsample", str(downsample),
-             "--trainer.default_root_dir", str(output), *extra]
-    summaries = {}
-    for name in algorithms:
-        cmd = [sys.executable, "-m", "lightning_modules.cli", "predict", *common, "--config", str(SAMPLERS[name]),
-               *extra]
-        print(f"\n=== {name}: diffinv predict {' '.join(cmd[4:])}\n", flush=True)
-        t0 = time.time()
-        rc = subprocess.call(cmd, cwd=ROOT, env=env)
-        if rc != 0:
-            fail(f"{name} failed (exit code {rc}); see the messages above.")
-        print(f"=== {name} finished in {time.time() - t0:.0f} s", flush=True)
-        summaries[name] = json.loads((output / "predictions" / SAMPLERS[name].stem / "summary.json").read_text())
-    return summaries
+             "--data.init_args.operator.init_args.downsample", str(downsample), *extra]
+    return {name: run_predict([prior_config, PROBLEM, samplers[name]], output, extra, label=name)
+            for name in algorithms}
 
 
 def main(argv: list[str] | None = None) -> int:
