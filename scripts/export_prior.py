@@ -3,13 +3,16 @@ grid of unconditional samples next to training samples, and a model card.
 
     python scripts/export_prior.py --config configs/fit/ns64.yaml --run outputs/fit/ns64 \\
         --out checkpoints/ns64 --name ns64 --problem navier_stokes [--prior-config configs/prior/ns64.yaml] \\
-        [--data "one paragraph on the training data"] [--cmap RdBu_r] [--num-images 16] [--sample-steps 32]
+        [--data "one paragraph on the training data"] [--cmap RdBu_r] [--num-images 16] [--sample-steps 32] \\
+        [--notes limitations.md] [--stats-samples 64] [--data-root data/navier_stokes_64]
 
 The weights file ``<name>.pt`` holds the network's state dict (the EMA copy that ``EMAWeightAveraging`` saved
 under ``state_dict``), written atomically. ``<name>.prior.json`` describes it (``diffinv.priors.description``:
 network class and arguments from the fit config, parameterisation, problem family, training-data shape and
 statistics, size and SHA-256 of the weights); loading the weights checks them against it. Use it with
-``diffinv.priors.load_prior(<prior config>)`` or ``diffinv predict --config <prior config> ...``.
+``diffinv.priors.load_prior(<prior config>)`` or ``diffinv predict --config <prior config> ...``. The card's
+"Samples against data" section (scripts/prior_card_statistics.py) compares ``--stats-samples`` prior samples with
+the data: E(k) spectra for Navier–Stokes, ring statistics and the noisy-background fraction for black holes.
 """
 from __future__ import annotations
 
@@ -35,6 +38,9 @@ from diffinv.diffusion import karras_sigmas, sample_sde  # noqa: E402
 from diffinv.priors import PixelPrior  # noqa: E402
 from diffinv.priors.description import description_path, make_description  # noqa: E402
 from lightning_modules.cli import DiffinvCLI  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prior_card_statistics import update_card  # noqa: E402
 
 PROBLEMS = ("navier_stokes", "blackhole", "image", "generic")   # diffinv.metrics.problem_kind
 
@@ -77,6 +83,9 @@ def main(argv=None) -> None:
     p.add_argument("--problem", required=True, choices=PROBLEMS, help="the problem family the prior is for")
     p.add_argument("--prior-config", default=None, help="the predict-side config of the prior (default: "
                    "configs/prior/<name>.yaml)")
+    p.add_argument("--notes", type=Path, default=None, help="a markdown file appended to the card (limitations)")
+    p.add_argument("--data-root", default="data/navier_stokes_64", help="Navier–Stokes fields for the card's spectra")
+    p.add_argument("--stats-samples", type=int, default=64, help="prior samples for the card's statistics (0: none)")
     args = p.parse_args(argv)
     args.prior_config = args.prior_config or f"configs/prior/{args.name}.yaml"
 
@@ -146,7 +155,13 @@ def main(argv=None) -> None:
          "parameters": summary["parameters"], "final_val_loss": summary["final_val_loss"],
          "exported_by": "scripts/export_prior.py"})
     description_path(weights).write_text(json.dumps(description, indent=2) + "\n")
-    (out / "MODEL_CARD.md").write_text(model_card(args, summary, cli.model.network))
+    card = model_card(args, summary, cli.model.network)
+    if args.notes is not None:
+        card = card.rstrip("\n") + "\n\n" + args.notes.read_text().strip("\n") + "\n"
+    (out / "MODEL_CARD.md").write_text(card)
+    if args.stats_samples and args.problem in ("navier_stokes", "blackhole"):
+        summary["sample_statistics"] = update_card(prior, args.problem, out, args.data_root, args.stats_samples,
+                                                   args.sample_steps)
     print(json.dumps(summary, indent=2))
 
 
