@@ -9,8 +9,12 @@ from ..operators.base import Operator
 
 
 def residual_norm(operator: Operator, y_hat: Tensor, y: Tensor) -> Tensor:
-    """Per-sample ``||y - y_hat||`` (complex-safe)."""
-    return (y - y_hat).abs().pow(2).reshape(y.shape[0], -1).sum(1).sqrt()
+    """Per-sample ``||y - y_hat||`` (complex-safe), with gradient 0 where the residual is exactly 0 (the plain
+    ``sqrt`` has gradient 0 / 0 = NaN there: with one measurement a float32 residual does hit 0, and one such draw
+    turned a whole DPS run into NaN)."""
+    sq = (y - y_hat).abs().pow(2).reshape(y.shape[0], -1).sum(1)
+    zero = sq == 0
+    return torch.where(zero, torch.zeros_like(sq), torch.where(zero, torch.ones_like(sq), sq).sqrt())
 
 
 def dps_gradient(x: Tensor, sigma: Tensor, y: Tensor, operator: Operator, prior, cost: Cost,
