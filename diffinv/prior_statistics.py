@@ -145,7 +145,8 @@ def card_section(problem: str, samples: Tensor, training: Tensor, out_dir, truth
         ax.set_xlabel("wavenumber k"), ax.set_ylabel("E(k)"), ax.legend(fontsize=7)
         ax.set_title("vorticity energy spectrum (prior units)", fontsize=8)
         fig.tight_layout(), fig.savefig(out_dir / "prior_statistics.png", dpi=120), plt.close(fig)
-        # the data are dealiased (2/3 rule): above k = N / 3 they carry no energy, a sample's energy there is noise
+        # the data are dealiased (2/3 rule: |k_x| or |k_y| > N / 3 removed); shells above N / 3 hold only the
+        # corners of the kept square, so a sample's excess energy there is pixel noise the data do not have
         k_cut = samples.shape[-1] // 3
         bands = {name: spectrum_bands(spectra["prior samples"], e, k_cut) for name, e in spectra.items()
                  if name != "prior samples"}
