@@ -92,7 +92,7 @@ def format_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def run_predict(configs: list[Path], output: Path, extra: list[str] = (), label: str = "") -> dict:
-    """One ``diffinv predict`` run of ``configs`` (prior, problem, sampler; the last names the predictions folder)
+    """One ``diffinv predict`` run of ``configs`` (prior, problem, sampler: the last one's sampler names the folder)
     into ``output``; returns its ``summary.json``. Items already solved under ``output`` are skipped (the writer's
     resume)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -104,7 +104,13 @@ def run_predict(configs: list[Path], output: Path, extra: list[str] = (), label:
     if rc != 0:
         fail(f"{label} failed (exit code {rc}); see the messages above.")
     print(f"=== {label} finished in {time.time() - t0:.0f} s", flush=True)
-    return json.loads((output / "predictions" / Path(configs[-1]).stem / "summary.json").read_text())
+    return json.loads((output / "predictions" / predictions_name(configs[-1]) / "summary.json").read_text())
+
+
+def predictions_name(sampler_config: Path) -> str:
+    """The writer's folder for a sampler config: the sampler's class name, lower case."""
+    init = (yaml.safe_load(Path(sampler_config).read_text()).get("model") or {}).get("init_args") or {}
+    return str((init.get("sampler") or {}).get("class_path", "results")).rsplit(".", 1)[-1].lower()
 
 
 def solve(algorithms: list[str], fields: int, downsample: int, output: Path, prior_config: Path = PRIOR_CONFIG,
