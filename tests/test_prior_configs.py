@@ -101,11 +101,11 @@ def test_shipped_priors_load_with_their_descriptions():
 
 
 def test_blackhole_weights_in_the_navier_stokes_config_are_refused():
-    """Same keys and shapes (the strict key check passes), another preconditioner and problem."""
+    """Weights for another problem and network: refused from their description, before the key check, with both."""
     with pytest.raises(PriorMismatchError) as err:
         load_prior(ROOT / PRIOR, ROOT / "checkpoints" / "blackhole64" / "blackhole64.pt")
     msg = str(err.value)
-    assert "VPPrecond" in msg and "EDMPrecond" in msg and "blackhole problems" in msg
+    assert "EDMPrecond" in msg and "num_blocks" in msg and "blackhole problems" in msg
 
 
 def test_a_prior_for_another_problem_fails_before_sampling(capsys):
