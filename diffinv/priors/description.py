@@ -97,6 +97,30 @@ def network_mismatches(desc: dict[str, Any], network: nn.Module) -> list[str]:
     return out
 
 
+def spec_mismatches(desc: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """Where a config's network spec (``class_path``, ``init_args``, ``dict_kwargs``) differs from the described
+    one: every architecture argument, also those the built module does not keep as attributes."""
+    net = desc.get("network") or {}
+    out = []
+    if net.get("class_path") and spec.get("class_path") and net["class_path"] != spec["class_path"]:
+        out.append(f"network class {spec['class_path']} (described: {net['class_path']})")
+    for part in ("init_args", "dict_kwargs"):
+        want, have = net.get(part) or {}, spec.get(part) or {}
+        for key in sorted(set(want) & set(have)):
+            if not _same(have[key], want[key]):
+                out.append(f"{key} = {have[key]!r} (described: {want[key]!r})")
+    return out
+
+
+def check_spec(desc: dict[str, Any] | None, spec: dict[str, Any], checkpoint: str | os.PathLike) -> None:
+    """Raise :class:`PriorMismatchError` when a config's network spec is not the described one."""
+    problems = spec_mismatches(desc or {}, spec)
+    if problems:
+        raise PriorMismatchError(
+            f"{checkpoint} is {summary(desc)} ({description_path(checkpoint).name}); the config builds another network: "
+            f"{'; '.join(problems)}. Use the prior config made for these weights or the weights made for this config.")
+
+
 def check_network(desc: dict[str, Any], network: nn.Module, parameterization: str,
                   checkpoint: str | os.PathLike) -> None:
     """Raise :class:`PriorMismatchError` when ``network`` / ``parameterization`` are not the described ones."""

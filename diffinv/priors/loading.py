@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from .base import Prior
+from .description import check_spec, read_description
 from .pixel import PixelPrior
 
 
@@ -87,6 +88,7 @@ def load_prior(config: str | os.PathLike, checkpoint: str | os.PathLike | None =
                              f"load_prior({str(config)!r}, 'outputs/.../checkpoints/last.ckpt').")
         param = init.get("parameterization") or ("vp_epsilon" if training and init.get("loss") == "vp_epsilon"
                                                   else "auto")
+        check_spec(read_description(ckpt), init["network"], ckpt)      # architecture, before the key check
         prior = PixelPrior(build(init["network"]), checkpoint=ckpt, parameterization=param)
     else:
         raise ValueError(f"load_prior: {config} describes no prior (no model.init_args.network or "
