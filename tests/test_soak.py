@@ -29,7 +29,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "OM
 def configs(tmp_path: Path, name: str) -> list[str]:
     return write_configs(tmp_path / f"configs_{name}", prior_config(1, 16),
                          problem_config(INPAINT, (1, 16, 16), tmp_path / name, num_items=NUM, kind="blobs"),
-                         sampler_config("diffinv.samplers.ddrm.DDRM", num_samples=2, num_steps=40))
+                         sampler_config("diffinv.samplers.ddrm.DDRM", num_samples=2, num_steps=100))
 
 
 def run(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -48,7 +48,9 @@ def test_random_sigterm_and_sigkill_then_every_artefact_matches(tmp_path):
         try:
             proc.wait(timeout=rng.uniform(5.0, 12.0))     # start-up takes about 5 s here
         except subprocess.TimeoutExpired:
-            sig = rng.choice([signal.SIGTERM, signal.SIGKILL])
+            # SIGTERM then SIGKILL first (both kinds whatever the machine's speed), then at random
+            sig = [signal.SIGTERM, signal.SIGKILL][len(signals)] if len(signals) < 2 else \
+                rng.choice([signal.SIGTERM, signal.SIGKILL])
             proc.send_signal(sig)
             signals.append(sig.name)
             t0 = time.time()
