@@ -4,7 +4,8 @@ otherwise. Nothing is downloaded at run time.
 
 * ``lpips(x, ref) -> [B]``: torchmetrics' ``LearnedPerceptualImagePatchSimilarity`` with the VGG16
   backbone (DPS's evaluation, Chung et al. 2023), images ``[B, 3, H, W]`` in ``[-1, 1]``; lower is closer.
-  It needs torchvision and torchvision's ImageNet VGG16 weights in the torch hub cache
+  It needs torchvision (checked from its package metadata, never imported by diffinv: it does not import
+  with every torch build) and its ImageNet VGG16 weights in the torch hub cache
   (``<torch.hub.get_dir()>/checkpoints/vgg16-397923af.pth``); the LPIPS heads ship with torchmetrics.
 * ``fid(images, references) -> float``: torchmetrics' ``FrechetInceptionDistance`` on the 2048-d pool
   features of the TF-compatible InceptionV3 of torch-fidelity, images quantised to 8 bits as when saved
@@ -18,7 +19,10 @@ reason and the fix; ``lpips`` and ``fid`` raise :class:`MetricUnavailable` with 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -32,6 +36,13 @@ class MetricUnavailable(RuntimeError):
     """The metric's network or weights are not on this machine; the message says what to install."""
 
 
+# the files torchvision's VGG16_Weights.DEFAULT and torch-fidelity's InceptionV3 download (their URLs, kept here
+# so that checking for them never imports torchvision, which does not import with every torch build)
+VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                 "weights-inception-2015-12-05-6726825d.pth")
+
+
 def _hub_file(url: str) -> Path:
     """Where ``torch.hub.load_state_dict_from_url`` keeps (and first looks for) the file of ``url``."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
@@ -42,33 +53,44 @@ def _missing_weights(what: str, path: Path, origin: str) -> str:
             f"the file there: it is what {origin} downloads")
 
 
-def lpips_unavailable() -> str | None:
+def _torchvision_problem() -> str | None:
+    """Why torchvision cannot serve here, read from the installed packages' metadata without importing it:
+    not installed, or not the build of this torch (torchvision 0.(m + 15) pairs with torch 2.m)."""
+    if "torchvision" in sys.modules:                     # already imported: it works
+        return None
+    if importlib.util.find_spec("torchvision") is None:
+        return "torchvision is not installed"
     try:
-        import torchvision
-    except Exception as err:  # noqa: BLE001 - a torchvision that fails to import is as good as none
-        return (f"LPIPS needs torchvision for its VGG16 backbone, which does not import here ({type(err).__name__}: "
-                f"{err}); install the torchvision build that matches your torch")
-    path = _hub_file(torchvision.models.VGG16_Weights.DEFAULT.url)
+        have = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        return "torchvision has no package metadata"
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    want = f"0.{minor + 15}" if major == 2 else None
+    if want is None or not have.startswith(want + "."):
+        return f"torchvision {have} is not the build of torch {torch.__version__} (needs {want or 'a matching'}.x)"
+    return None
+
+
+def lpips_unavailable() -> str | None:
+    problem = _torchvision_problem()
+    if problem is not None:
+        return (f"LPIPS needs torchvision for its VGG16 backbone: {problem}; install the torchvision build that "
+                f"matches your torch")
+    path = _hub_file(VGG16_URL)
     if not path.is_file():
         return "LPIPS needs " + _missing_weights("torchvision's ImageNet VGG16", path,
                                                  "torchvision.models.vgg16(weights='DEFAULT')")
     return None
 
 
-def _inception_url() -> str:
-    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-
-    return URL_INCEPTION_V3
-
-
 def fid_unavailable() -> str | None:
-    try:
-        url = _inception_url()
-    except Exception as err:  # noqa: BLE001 - torch-fidelity missing, or its torchvision import failing
+    problem = ("torch-fidelity is not installed" if importlib.util.find_spec("torch_fidelity") is None
+               else _torchvision_problem())
+    if problem is not None:
         return (f"FID needs torch-fidelity (the InceptionV3 feature extractor torchmetrics uses; it imports "
-                f"torchvision), which does not import here ({type(err).__name__}: {err}); pip install torch-fidelity "
-                f"with the torchvision build that matches your torch")
-    path = _hub_file(url)
+                f"torchvision): {problem}; pip install torch-fidelity with the torchvision build that matches your "
+                f"torch")
+    path = _hub_file(INCEPTION_URL)
     if not path.is_file():
         return "FID needs " + _missing_weights("torch-fidelity's InceptionV3", path, "torch-fidelity's FID")
     return None
@@ -112,7 +134,7 @@ def fid(images: Iterable[Tensor], references: Iterable[Tensor], feature: nn.Modu
         reason = fid_unavailable()
         if reason is not None:
             raise MetricUnavailable(reason)
-        metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(_hub_file(_inception_url())))
+        metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(_hub_file(INCEPTION_URL)))
     else:
         metric = FrechetInceptionDistance(feature=feature)
     counts = {}

@@ -212,3 +212,17 @@ def test_rgb_problems_report_lpips_by_default():
 
     assert default_metrics(Inpainting((3, 16, 16))) == ["psnr", "ssim", "lpips", "misfit", "coverage_2std"]
     assert default_metrics(Inpainting((1, 16, 16))) == ["psnr", "ssim", "misfit", "coverage_2std"]
+
+
+def test_torchvision_is_checked_from_its_metadata_without_importing_it(monkeypatch):
+    """torchvision 0.(m + 15) is the build of torch 2.m; another one is reported, and nothing imports it."""
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    real_find = image_quality.importlib.util.find_spec
+    monkeypatch.setattr(image_quality.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "torchvision" else real_find(name, *a))
+    minor = int(torch.__version__.split(".")[1])
+    for version, ok in ((f"0.{minor + 15}.1", True), (f"0.{minor + 14}.0", False)):
+        monkeypatch.setattr(image_quality.importlib.metadata, "version", lambda name, v=version: v)
+        problem = image_quality._torchvision_problem()
+        assert (problem is None) == ok, (version, problem)
+    assert "not the build of torch" in problem and "torchvision" not in sys.modules
