@@ -98,7 +98,12 @@ CHEAP = {"SKRock": dict(sigma=0.1, num_steps=200, sigma_start=20.0, anneal_steps
          "DAPS": lambda sigma_y: dict(num_steps=50, lr=0.5 * sigma_y**2)}
 MEASURED = {   # tv mean, mean error median, spread median
     "DAPS": (0.14, 0.19, 1.25),
+    "DDNM": (0.055, 0.22, 0.68),          # DDNM+ on noisy data is DDRM with eta_b = 1 (the same draws)
     "DDRM": (0.055, 0.22, 0.68),          # eta 0.85 narrows every coordinate
+    "DPG": (0.027, 0.62, 0.76),           # a fixed-length step along a 32-draw policy-gradient estimate
+    "DPSGSG": (0.40, 0.66, 2.43),         # DPS's fixed-length norm step with a noisy zeroth-order gradient
+    "LGD": (0.47, 0.43, 1.18),            # 10 draws, degenerate weights: seeds 0, 1 and 4 mostly in wrong modes
+    "SCG": (0.039, 0.64, 0.72),           # best of 8 proposals: a greedy selection, no posterior weights
     "DPS": (0.20, 0.64, 0.71),            # seed 0: all mass in the wrong mode (the guidance steps are too short)
     "DiffPIR": (0.043, 0.15, 0.75),
     "EnKG": (0.049, 0.21, 1.01),

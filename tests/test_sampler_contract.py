@@ -34,6 +34,11 @@ FAST_KWARGS: dict[str, dict] = {
     "PriorSamples": dict(num_steps=4),
     "Tikhonov": dict(lam_max=10.0, lam_min=0.1, max_iter=5, fit_samples=8),
     "EKI": dict(num_iterations=3, fit_samples=8),
+    "DPG": dict(num_steps=20, num_mc_samples=8, guidance_scale=20.0, batch_size=16),
+    "SCG": dict(num_steps=20, num_candidates=4, batch_size=5),
+    "DPSGSG": dict(num_steps=20, num_queries=8, guidance_scale=1.0, batch_size=16),
+    "DDNM": dict(num_steps=5),
+    "LGD": dict(num_steps=20, num_mc_samples=2, guidance_scale=0.01),
 }
 # samplers of one problem family are tested with it (EhtimRML: tests/test_baselines.py)
 NAMES = sorted(n for n, c in SAMPLERS.items() if "interferometry" not in c.requires)

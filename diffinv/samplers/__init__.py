@@ -3,13 +3,17 @@ package registers every algorithm in ``SAMPLERS`` (name -> class)."""
 from .base import SAMPLERS, Sampler, posterior_stats, repeat_measurement
 from .baselines import PriorSamples, Tikhonov
 from .daps import DAPS
+from .ddnm import DDNM
 from .ddrm import DDRM
 from .diffpir import DiffPIR
+from .dpg import DPG
 from .dps import DPS
+from .dps_gsg import DPSGSG
 from .eki import EKI
 from .ehtim_rml import EhtimRML
 from .enkg import EnKG
 from .latent_dps import LatentDPS
+from .lgd import LGD
 from .mcmc import SKRock, ULA
 from .pigdm import PiGDM
 from .pnp_dm import PnPDM
@@ -17,6 +21,8 @@ from .posterior_sde import PosteriorSDE
 from .psld import PSLD
 from .red_diff import REDDiff
 from .resample import ReSample
+from .scg import SCG
 
-__all__ = ["SAMPLERS", "Sampler", "posterior_stats", "repeat_measurement", "DAPS", "DDRM", "EKI", "EhtimRML", "PriorSamples", "Tikhonov", "DiffPIR", "DPS", "EnKG",
-           "LatentDPS", "SKRock", "ULA", "PiGDM", "PnPDM", "PosteriorSDE", "PSLD", "REDDiff", "ReSample"]
+__all__ = ["SAMPLERS", "Sampler", "posterior_stats", "repeat_measurement", "DAPS", "DDNM", "DDRM", "EKI", "EhtimRML", "PriorSamples", "Tikhonov", "DiffPIR", "DPG", "DPS",
+           "DPSGSG", "EnKG", "LatentDPS", "LGD", "SKRock", "ULA", "PiGDM", "PnPDM", "PosteriorSDE", "PSLD", "REDDiff", "ReSample",
+           "SCG"]

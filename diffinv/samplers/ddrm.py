@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..diffusion import DiscreteVPSchedule
 from .base import Sampler, randn, real_dtype, repeat_measurement
+from .spectral import spectral_measurement
 
 
 class DDRM(Sampler):
@@ -63,14 +64,9 @@ class DDRM(Sampler):
     @torch.no_grad()
     def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
         dtype = real_dtype(y)
-        b = y.shape[0]
         y_rep = repeat_measurement(y, num_samples)
-        sv = operator.singulars().to(dtype)                                  # [1 or B, d], zeros on the null space
-        if sv.shape[0] == b and b > 1:
-            sv = repeat_measurement(sv, num_samples)
-        obs = sv > 0
+        sv, obs, ybar = spectral_measurement(operator, y_rep, num_samples, dtype)   # ybar = S^+ U^T y   [SB, d]
         s_safe = torch.where(obs, sv, torch.ones_like(sv))
-        ybar = torch.where(obs, operator.Ut(y_rep) / s_safe, torch.zeros_like(sv))   # S^+ U^T y       [SB, d]
         sy = float(operator.sigma)
         noise_y = torch.where(obs, sy / s_safe, torch.full_like(sv, float("inf")))    # std of ybar_i around xbar0_i
         sig = self.sigmas(dtype, y.device)

@@ -8,11 +8,26 @@ from ..diffusion import Cost
 from ..operators.base import Operator
 
 
+MISFITS = ("residual", "loss")
+
+
+def squared_residual(y_hat: Tensor, y: Tensor) -> Tensor:
+    """Per-sample ``||y - y_hat||^2`` (complex-safe)."""
+    return (y - y_hat).abs().pow(2).reshape(y_hat.shape[0], -1).sum(1)
+
+
+def misfit(operator: Operator, y_hat: Tensor, y: Tensor, kind: str) -> Tensor:
+    """Per-sample data misfit of the derivative-free samplers: ``"residual"`` is ``||y - y_hat||^2``, the loss of
+    InverseBench's operators (``inverse_problems/base.py``, ``BaseOperator.loss``) that DPG, SCG and DPS-GSG were tuned
+    with; ``"loss"`` is the operator's own noise model (``operator.loss``: closure quantities, Poisson counts)."""
+    return squared_residual(y_hat, y) if kind == "residual" else operator.loss(y_hat, y)
+
+
 def residual_norm(operator: Operator, y_hat: Tensor, y: Tensor) -> Tensor:
     """Per-sample ``||y - y_hat||`` (complex-safe), with gradient 0 where the residual is exactly 0 (the plain
     ``sqrt`` has gradient 0 / 0 = NaN there: with one measurement a float32 residual does hit 0, and one such draw
     turned a whole DPS run into NaN)."""
-    sq = (y - y_hat).abs().pow(2).reshape(y.shape[0], -1).sum(1)
+    sq = squared_residual(y_hat, y)
     zero = sq == 0
     return torch.where(zero, torch.zeros_like(sq), torch.where(zero, torch.ones_like(sq), sq).sqrt())
 
