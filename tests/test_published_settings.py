@@ -14,6 +14,7 @@ import yaml
 
 from diffinv.samplers.diffpir import diffpir_timesteps
 from diffinv.samplers.latent_dps import ddim_grid
+from diffinv.samplers.smoothing import directions
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "sampler"
 
@@ -104,12 +105,50 @@ def check_latent_dps(s, n):
     assert (s.num_steps, s.eta, s.zeta, s.scale_by_abar) == (1000, 1.0, 1.0, False)     # DPS in latent space
 
 
+def check_vp_grid(s):
+    """InverseBench's Scheduler(schedule/timestep/scaling "vp"): 1000 times linear from 1 to 1e-3, then sigma_final 0.01."""
+    g = s.grid
+    assert (s.num_steps, s.schedule, g.num_steps, len(g.sigma)) == (1000, "vp", 1000, 1001)
+    assert math.isclose(g.sigma[0], math.sqrt(math.expm1(0.5 * 19.9 + 0.1)))                  # sigma(1) = 152.2
+    assert math.isclose(g.sigma[-2], math.sqrt(math.expm1(0.5 * 19.9e-6 + 1e-4)))             # sigma(1e-3) = 0.0105
+    assert math.isclose(g.sigma[-1], 0.01) and math.isclose(g.start_std, g.sigma[0] * g.scale[0])
+
+
+def check_dpg(s, n):
+    check_vp_grid(s)
+    assert (s.guidance_scale, s.num_mc_samples, s.beta, s.rmin) == (64.0, 4000, 0.1, 0.0)      # Navier-Stokes runs
+    assert (s.sde, s.misfit, s.batch_size, n) == (True, "residual", 500, 1)
+
+
+def check_scg(s, n):
+    check_vp_grid(s)
+    assert (s.num_candidates, s.threshold, int(1000 * s.threshold), s.batch_size, n) == (512, 0.25, 250, 64, 1)
+
+
+def check_dps_gsg(s, n, central):
+    g = s.grid                                                                              # linear, poly-7, 100 -> 0.01
+    assert (s.num_steps, s.schedule, len(g.sigma)) == (1000, "edm", 1001)
+    assert math.isclose(g.sigma[0], 100.0) and math.isclose(g.sigma[-2], 0.01) and math.isclose(g.sigma[-1], 0.01)
+    assert g.factor[-1] == 0.0 and g.start_std == 100.0                                     # the last step: guidance only
+    assert (s.guidance_scale, s.num_queries, s.mu, s.central, s.sde) == (0.1, 2048, 0.01, central, True)
+    assert directions(s.num_queries, s.central) == (1024 if central else 2048) and s.batch_size == 512 and n == 1
+
+
+def check_ddnm(s, n):
+    sig = s.steps()
+    ts = [990 - 10 * i for i in range(100)]                                                  # T_sampling 100, then x0
+    assert len(sig) == 100 and all(math.isclose(a, float(s.schedule.sigmas[t])) for (a, _), t in zip(sig, ts))
+    assert sig[-1][1] == 0.0 and (s.eta, s.travel_length, s.travel_repeat) == (0.85, 1, 1)
+
+
 PUBLISHED = {
     "ddrm.yaml": check_ddrm, "dps.yaml": check_dps, "diffpir.yaml": check_diffpir, "pigdm.yaml": check_pigdm,
     "daps.yaml": check_daps, "red_diff.yaml": check_red_diff, "pnp_dm.yaml": check_pnp_dm,
     "psld.yaml": check_psld, "resample.yaml": check_resample, "latent_dps.yaml": check_latent_dps,
     "enkg.yaml": lambda s, n: check_enkg(s, n, (5, 76), 2.0, 2, 0.0, 2048),            # scripts/navier-stokes.sh
     "enkg_blackhole.yaml": lambda s, n: check_enkg(s, n, (9, 72), 3.5, 1, 1e-3, 1024),
+    "dpg.yaml": check_dpg, "scg.yaml": check_scg, "ddnm.yaml": check_ddnm,
+    "dps_gsg.yaml": lambda s, n: check_dps_gsg(s, n, True), "dps_fgsg.yaml": lambda s, n: check_dps_gsg(s, n, False),
 }
 DIFFERS = ("Differs on purpose", "Not a published setting")
 
@@ -133,3 +172,7 @@ def test_a_wrong_number_is_caught():
     s.num_steps = 19
     with pytest.raises(AssertionError):
         check_ddrm(s, n)
+    s, n, _ = load("dpg.yaml")
+    s.num_mc_samples = 5000
+    with pytest.raises(AssertionError):
+        check_dpg(s, n)
