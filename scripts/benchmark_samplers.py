@@ -45,6 +45,11 @@ BENCH_KWARGS: dict[str, dict] = {
     "PiGDM": dict(num_steps=30),
     "DAPS": dict(num_steps=6, ode_steps=3, langevin_steps=5),
     "EnKG": dict(num_steps=10, num_updates=1, max_ode_steps=2, batch_size=None),
+    "DPG": dict(num_steps=30, num_mc_samples=16, batch_size=None),
+    "SCG": dict(num_steps=30, num_candidates=4, batch_size=None),
+    "DPSGSG": dict(num_steps=30, num_queries=16, batch_size=None),
+    "DDNM": dict(num_steps=30),
+    "LGD": dict(num_steps=30, num_mc_samples=4, guidance_scale=0.01),
 }
 
 

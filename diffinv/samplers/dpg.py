@@ -85,7 +85,8 @@ class DPG(Sampler):
                          self.batch_size).reshape(k, n)
         reward = torch.exp((-(m - m_ref) / z).clamp(max=60.0))                     # reward shaping
         baseline = (reward.sum(0, keepdim=True) - reward) / (k - 1)                 # leave-one-out
-        return -(view(reward - baseline) * eps).mean(0) / view(r)                  # mean (R - b)(x0_hat - x0_k) / r^2
+        weighted = torch.einsum("kn,knd->nd", reward - baseline, eps.reshape(k, n, -1)).reshape(d.shape)
+        return -weighted / (k * view(r))                                            # mean (R - b)(x0_hat - x0_k) / r^2
 
     def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
         grid, dtype = self.grid, real_dtype(y)

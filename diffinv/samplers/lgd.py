@@ -82,7 +82,7 @@ class LGD(Sampler):
             losses.append(loss.detach())
             grads.append(gc)
         w = torch.softmax(-torch.cat(losses).reshape(k, n), dim=0)
-        return -(w.reshape(k, n, *([1] * (d.dim() - 1))) * torch.cat(grads).reshape(k, *d.shape)).sum(0)
+        return -torch.einsum("kn,knd->nd", w, torch.cat(grads).reshape(k, n, -1)).reshape(d.shape)
 
     def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
         grid, dtype = self.grid, real_dtype(y)

@@ -52,7 +52,7 @@ stacked ``[x; x + mu u_1; ...; x + mu u_K; (x - mu u_1; ...)]`` (row r is a pert
     vals = f(torch.cat(pts).reshape(-1, *x.shape[1:]))
     f0, f_plus = vals[:n], vals[n:(k + 1) * n].reshape(k, n)
     diff = (f_plus - vals[(k + 1) * n:].reshape(k, n)) / (2 * mu) if central else (f_plus - f0) / mu   # [K, N]
-    g = (diff.reshape(k, n, *([1] * (x.dim() - 1))) * u).mean(0)
+    g = torch.einsum("kn,knd->nd", diff, u.reshape(k, n, -1)).reshape(x.shape) / k     # 1/K sum_k diff_k u_k
     return g, f0
 
 
