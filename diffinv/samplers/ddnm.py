@@ -8,8 +8,9 @@ For a linear ``y = A x``, every ``x = A^+ y + (I - A^+ A) z`` satisfies the data
 from y and lets the diffusion model fill the null space. At every step, with Tweedie's ``x0|t = D(x_t, sigma_t)``
 (Eq. 12) in the denoiser's coordinates ``x = x0 + sigma n`` (``sigma_t = sqrt((1 - abar_t) / abar_t)``):
 
-    x0_hat = x0|t - Sigma_t A^+ (A x0|t - y)                                                  (Eq. 17; Sec. 3.2: Sigma = I)
-    x_{t'} = x0_hat + sigma_t' (eta n + sqrt(1 - eta^2) eps_hat),  eps_hat = (x_t - x0|t) / sigma_t  (DDIM; the code's step)
+    x0_hat = x0|t - Sigma_t A^+ (A x0|t - y)                                   (Eq. 17; Sec. 3.2: Sigma = I)
+    x_{t'} = x0_hat + sigma_t' (eta n + sqrt(1 - eta^2) eps_hat),  eps_hat = (x_t - x0|t) / sigma_t
+                                                                              (DDIM, the reference code's step)
 
 Noise-free data (DDNM, Sigma = I): the range space is replaced by A^+ y, so the returned x0_hat of the last step
 satisfies ``A x = y`` exactly. Noisy data (DDNM+, Sec. 3.3; the SVD form of the reference's ``Lambda`` and
@@ -74,7 +75,8 @@ class DDNM(Sampler):
         if not 1 <= num_steps <= train_steps:
             raise ValueError(f"DDNM: num_steps must be in [1, train_steps={train_steps}], got {num_steps}")
         if travel_length < 1 or travel_repeat < 1:
-            raise ValueError(f"DDNM: travel_length and travel_repeat must be >= 1, got {travel_length}, {travel_repeat}")
+            raise ValueError(f"DDNM: travel_length and travel_repeat must be >= 1, got {travel_length}, "
+                             f"{travel_repeat}")
         self.num_steps, self.eta, self.travel_length, self.travel_repeat = num_steps, eta, travel_length, travel_repeat
         self.schedule = DiscreteVPSchedule(schedule, train_steps)
 
@@ -94,7 +96,8 @@ class DDNM(Sampler):
         sy = float(operator.sigma)
         noise_y = torch.where(obs, sy / torch.where(obs, sv, torch.ones_like(sv)), torch.full_like(sv, math.inf))
         steps = self.steps()
-        x = randn((y_rep.shape[0], *operator.input_shape), generator, like=y, dtype=dtype) * math.sqrt(1 + steps[0][0] ** 2)
+        x = randn((y_rep.shape[0], *operator.input_shape), generator, like=y, dtype=dtype)
+        x = x * math.sqrt(1 + steps[0][0] ** 2)                                  # x_T ~ N(0, I) in VP coordinates
         x0 = None
         for k, (s, s_next) in enumerate(steps):
             n = randn(ybar.shape, generator, like=ybar)
@@ -105,7 +108,7 @@ class DDNM(Sampler):
                 x0 = prior.denoise(x, s)                                          # Eq. 12: x0|t
                 x0bar, xbar = operator.Vt(x0), operator.Vt(x)
                 ddim = s_next * (eta * n + math.sqrt(1 - eta**2) * (xbar - x0bar) / s)
-                if sy > 0:                                                        # DDNM+: Eqs. 17, 19 and 51 per coordinate
+                if sy > 0:                                          # DDNM+: Eqs. 17, 19 and 51 per coordinate
                     below = obs & (s_next < noise_y)
                     lam = torch.where(below, sv * (s_next * math.sqrt(1 - eta**2) / sy), obs.to(dtype))
                     rectified = x0bar - lam * (x0bar - ybar)

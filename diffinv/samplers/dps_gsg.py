@@ -74,7 +74,7 @@ class DPSGSG(Sampler):
                 x = x.detach().requires_grad_(True)
                 d = grid.denoise(prior, x, i, self.cost)                           # x0_hat = D(x / s_i, sigma_i)
                 g, m = gsg_gradient(f, d.detach(), self.num_queries, self.mu, self.central, generator)
-                if self.misfit == "residual":                                      # grad ||r|| = grad ||r||^2 / (2 ||r||)
+                if self.misfit == "residual":                          # grad ||r|| = grad ||r||^2 / (2 ||r||)
                     w = torch.where(m > 0, 0.5 * m.clamp_min(torch.finfo(m.dtype).tiny).rsqrt(), torch.zeros_like(m))
                     g = g * w.reshape(-1, *([1] * (g.dim() - 1)))
                 (ll,) = torch.autograd.grad(d, x, grad_outputs=g)                 # J_D^T g: through the denoiser only

@@ -1,7 +1,8 @@
 """SCG: stochastic control guidance, a derivative-free sampler that selects among proposed next states.
 
 Huang et al., "Symbolic music generation with non-differentiable rule guided diffusion" (ICML 2024; reference code
-yjhuangcd/rule-guided-music), in the version InverseBench runs (Zheng et al., ICLR 2025, ``algo/scg.py``), which this module follows.
+yjhuangcd/rule-guided-music), in the version InverseBench runs (Zheng et al., ICLR 2025, ``algo/scg.py``), which this
+module follows.
 
 The reverse SDE's transition ``p(x_{i+1} | x_i)`` is a Gaussian (the Euler-Maruyama step of ``sde_grid``). SCG draws
 K candidates from it, scores each by the misfit of its own Tweedie estimate and keeps the best one (the stochastic-
@@ -19,8 +20,9 @@ threshold 0.25, network and forward model in chunks of 64; FFHQ K = 256, black h
 Deviations, on purpose: all particles of all measurements are batched (the reference loops over particles); the
 chosen candidate's denoised estimate is kept for the next step's score (the reference evaluates the same network call
 again: same input, same sigma, so the draws are unchanged and each guided step saves one network evaluation); the
-reference's first guided step is a slip (``i > int(threshold N)`` and ``i < int(threshold N)`` leave ``i = int(threshold N)``
-to the final-step branch, which jumps to the Tweedie estimate in the middle of sampling): here that step is guided.
+reference's first guided step is a slip (``i > int(threshold N)`` and ``i < int(threshold N)`` leave
+``i = int(threshold N)`` to the final-step branch, which jumps to the Tweedie estimate in the middle of sampling): here
+that step is guided.
 """
 from __future__ import annotations
 
@@ -56,7 +58,8 @@ class SCG(Sampler):
         if not 0 <= threshold <= 1:
             raise ValueError(f"SCG: threshold is a fraction of the steps in [0, 1], got {threshold}")
         self.num_steps, self.schedule, self.sigma_min, self.sigma_max = num_steps, schedule, sigma_min, sigma_max
-        self.num_candidates, self.threshold, self.misfit, self.batch_size = num_candidates, threshold, misfit, batch_size
+        self.num_candidates, self.threshold = num_candidates, threshold
+        self.misfit, self.batch_size = misfit, batch_size
 
     def _denoise(self, prior, x: Tensor, i: int) -> Tensor:
         size = x.shape[0] if self.batch_size is None else self.batch_size

@@ -1,9 +1,11 @@
-"""The reverse-SDE grid of InverseBench's samplers (devzhk/InverseBench ``utils/scheduler.py``, ``Scheduler``), shared by
-DPG, SCG, DPS-GSG and LGD: a time grid ``t_0 > ... > t_{N-1}`` plus a final time, the noise levels ``sigma(t)`` and
-scalings ``s(t)`` of the process ``x = s(t) (x0 + sigma(t) n)`` (Karras et al. 2022, "EDM", Eq. 4 / Table 1), and the
-Euler-Maruyama step of the reverse SDE (EDM Eq. 6 with beta = sigma' / sigma) in the scheduler's constants
+"""The reverse-SDE grid of InverseBench's samplers (devzhk/InverseBench ``utils/scheduler.py``, ``Scheduler``),
+shared by DPG, SCG, DPS-GSG and LGD: a time grid ``t_0 > ... > t_{N-1}`` plus a final time, the noise levels
+``sigma(t)`` and scalings ``s(t)`` of the process ``x = s(t) (x0 + sigma(t) n)`` (Karras et al. 2022, "EDM",
+Table 1), and the Euler-Maruyama step of its reverse SDE (EDM Eq. 6 with beta(t) = sigma'(t) / sigma(t), in scaled
+coordinates; ``diffusion.sde_drift`` with alpha = 1) in the scheduler's constants
 
-    shrink_i = 1 - s'(t_i) / s(t_i) (t_i - t_{i+1}),     factor_i = max(0, 2 s(t_i)^2 sigma(t_i) sigma'(t_i) (t_i - t_{i+1})),
+    shrink_i = 1 - s'(t_i) / s(t_i) (t_i - t_{i+1}),
+    factor_i = max(0, 2 s(t_i)^2 sigma(t_i) sigma'(t_i) (t_i - t_{i+1})),
     score_i(x) = (D(x / s_i, sigma_i) - x / s_i) / (sigma_i^2 s_i)                       (Tweedie, scaled coordinates)
     x_{i+1} = shrink_i x + factor_i score + sqrt(factor_i) n      (SDE)   or   shrink_i x + factor_i score / 2   (ODE).
 
@@ -61,8 +63,8 @@ class SDEGrid:
 
 
 def sde_grid(num_steps: int, schedule: str = "vp", sigma_min: float = 0.01, sigma_max: float = 100.0) -> SDEGrid:
-    """The grid of InverseBench's ``Scheduler(num_steps, sigma_max, sigma_min, schedule, timestep, scaling)`` for the two
-    schedules above (``sigma_max`` is unused by ``"vp"``, whose largest level is sigma(1) = 148)."""
+    """The grid of InverseBench's ``Scheduler(num_steps, sigma_max, sigma_min, schedule, timestep, scaling)`` for the
+    two schedules above (``sigma_max`` is unused by ``"vp"``, whose largest level is sigma(1) = 152)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if num_steps < 2:

@@ -8,7 +8,8 @@ For ``f_mu(x) = E_u f(x + mu u)``, ``u ~ N(0, I)``, the gradient is ``grad f_mu(
 (forward differences) ``= E_u[(f(x + mu u) - f(x - mu u)) u] / (2 mu)`` (central differences), estimated with K
 directions:
 
-    g_fwd = 1/K sum_k (f(x + mu u_k) - f(x)) / mu u_k,        g_ctr = 1/K sum_k (f(x + mu u_k) - f(x - mu u_k)) / (2 mu) u_k.
+    g_fwd = 1/K sum_k (f(x + mu u_k) - f(x)) / mu u_k,
+    g_ctr = 1/K sum_k (f(x + mu u_k) - f(x - mu u_k)) / (2 mu) u_k.
 
 For a quadratic f, grad f_mu = grad f and the central difference along u is exactly the directional derivative
 ``grad f . u`` (any mu), so ``g_ctr = (1/K sum_k u_k u_k^T) grad f``; the forward estimate is unbiased too (its mu

@@ -9,7 +9,8 @@ from torch import Tensor
 from .base import repeat_measurement
 
 
-def spectral_measurement(operator, y_rep: Tensor, num_samples: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+def spectral_measurement(operator, y_rep: Tensor, num_samples: int,
+                         dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """``(s, observed, ybar)``, each ``[1 or num_samples * B, d]``, for the sample-major measurements ``y_rep``
     (singular values given per measurement are repeated sample-major like ``y_rep``)."""
     sv = operator.singulars().to(dtype)                                  # [1 or B, d], zeros on the null space
