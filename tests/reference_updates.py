@@ -693,3 +693,166 @@ def resample_eq9(z0_y: Tensor, z_prime: Tensor, a_prev, a_t, gamma: float, noise
     s = gamma * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
     return (s * a_prev.sqrt() * z0_y + (1 - a_prev) * z_prime) / (s + 1 - a_prev) \
         + noise * torch.sqrt(1 / (1 / s + 1 / (1 - a_prev)))
+
+
+# ============================================================================================ InverseBench's Scheduler
+def ib_vp_scheduler(num_steps: int, sigma_final: float = 0.01) -> dict:
+    """devzhk/InverseBench ``utils/scheduler.py::Scheduler(schedule="vp", timestep="vp", scaling="vp")``, written out:
+    sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1), s(t) = exp(-(beta_d t^2 / 2 + beta_min t) / 2) with
+    beta_d 19.9, beta_min 0.1; times 1 - r (1 - 1e-3) for r = linspace(0, 1, N), then sigma_inv(sigma_final);
+    scaling_factor_i = 1 - s'(t_i) / s(t_i) (t_i - t_{i+1}), factor_i = max(0, 2 s^2 sigma sigma' (t_i - t_{i+1}));
+    the start ``randn * sigma_max`` with sigma_max = sigma(1) s(1)."""
+    bd, bm = 19.9, 0.1
+    expo = lambda t: bd * t**2 / 2 + bm * t  # noqa: E731
+    sigma = lambda t: math.sqrt(math.exp(expo(t)) - 1)  # noqa: E731
+    dsigma = lambda t: (bd * t + bm) * math.exp(expo(t)) / 2 / sigma(t)  # noqa: E731
+    inv = lambda s: (math.sqrt(bm**2 + 2 * bd * math.log(s**2 + 1)) - bm) / bd  # noqa: E731
+    scale = lambda t: 1 / math.sqrt(math.exp(expo(t)))  # noqa: E731
+    dscale = lambda t: -(bd * t + bm) / 2 / math.sqrt(math.exp(expo(t)))  # noqa: E731
+    ts = [1 - (i / (num_steps - 1)) * (1 - 1e-3) for i in range(num_steps)] + [inv(sigma_final)]
+    return {"sigma": [sigma(t) for t in ts], "scale": [scale(t) for t in ts],
+            "shrink": [1 - dscale(ts[i]) / scale(ts[i]) * (ts[i] - ts[i + 1]) for i in range(num_steps)],
+            "factor": [max(2 * scale(ts[i]) ** 2 * sigma(ts[i]) * dsigma(ts[i]) * (ts[i] - ts[i + 1]), 0.0)
+                       for i in range(num_steps)],
+            "sigma_max": sigma(1.0) * scale(1.0)}
+
+
+def ib_edm_scheduler(num_steps: int, sigma_max: float = 100.0, sigma_min: float = 0.01) -> dict:
+    """The same ``Scheduler`` with ``schedule="linear", timestep="poly-7", scaling="none"`` (its defaults): sigma(t) = t
+    on the Karras grid (EDM Eq. 5, rho 7) from sigma_max to sigma_min, then sigma_final = sigma_min; s = 1, so
+    scaling_factor = 1 and factor_i = 2 t_i (t_i - t_{i+1}); the start ``randn * sigma_max``."""
+    ts = karras(num_steps, sigma_min, sigma_max).tolist() + [sigma_min]
+    return {"sigma": ts, "scale": [1.0] * len(ts), "shrink": [1.0] * num_steps,
+            "factor": [max(2 * ts[i] * (ts[i] - ts[i + 1]), 0.0) for i in range(num_steps)], "sigma_max": sigma_max}
+
+
+def ib_denoise(prior: TanhPrior, x: Tensor, i: int, S: dict) -> tuple[Tensor, Tensor, Tensor]:
+    """``denoised = net(x / s_i, sigma_i)``, the reference's ``score = (denoised - x / s_i) / sigma_i^2 / s_i`` and
+    d denoised / d x = J(x / s_i) / s_i (closed form)."""
+    s, sig = S["scale"][i], S["sigma"][i]
+    d = prior.D(x / s, sig)
+    return d, (d - x / s) / sig**2 / s, prior.J(x / s, sig) / s
+
+
+def ib_em(x: Tensor, score: Tensor, i: int, S: dict, noise: Tensor | None) -> Tensor:
+    """``x * scaling_factor + factor * score + sqrt(factor) * epsilon`` (sde) or ``+ factor * score * 0.5`` (ode)."""
+    if noise is None:
+        return x * S["shrink"][i] + S["factor"][i] * score * 0.5
+    return x * S["shrink"][i] + S["factor"][i] * score + math.sqrt(S["factor"][i]) * noise
+
+
+def sq_loss(A: Tensor, y: Tensor, x: Tensor) -> Tensor:
+    """InverseBench's ``BaseOperator.loss``: ``(A x - y)^2`` summed per sample (over the last axis)."""
+    return ((x @ A.T - y) ** 2).sum(-1)
+
+
+def dps_gsg_step(prior: TanhPrior, A: Tensor, y: Tensor, x: Tensor, i: int, S: dict, scale: float, mu: float,
+                 u: Tensor, noise: Tensor, central: bool) -> Tensor:
+    """One step of InverseBench ``algo/dps_gsg.py::DPS_GSG.inference`` with ``central_gsg`` / ``forward_gsg`` (u
+    ``[K, N, d]``, K directions per sample; ``prod = u * diff / (mu * sample_size [* 2])`` summed over the draws),
+    ``ll_grad = J^T g * 0.5 / sqrt(loss(denoised))`` (per sample, diffinv's documented choice) and
+    ``x_next = EM - scale * ll_grad``."""
+    d, score, J = ib_denoise(prior, x, i, S)
+    k = u.shape[0]
+    if central:
+        diff = (sq_loss(A, y, d + mu * u) - sq_loss(A, y, d - mu * u)) / (mu * k * 2)
+    else:
+        diff = (sq_loss(A, y, d + mu * u) - sq_loss(A, y, d)) / (mu * k)
+    g = (diff[..., None] * u).sum(0)
+    ll = vecmat(g, J) * 0.5 / sq_loss(A, y, d).sqrt()[:, None]
+    return ib_em(x, score, i, S, noise) - scale * ll
+
+
+def dpg_step(prior: TanhPrior, A: Tensor, y: Tensor, x: Tensor, i: int, S: dict, state: dict, scale: float,
+             eps: Tensor, noise: Tensor, beta: float = 0.1) -> Tensor:
+    """One step of InverseBench ``algo/dpg.py::DPG.inference`` (``state`` carries ``prev_Z`` and ``prev_grad``):
+    Z = 0.9 Z + 0.1 loss_ref, r = sqrt(Z / d) / 2, x_mc = denoised + eps r, rewards exp(-(loss - loss_ref) / Z),
+    pB = leave-one-out mean; the gradient of ``mean((rewards - pB) ||x_mc - denoised||^2 / (2 r^2))`` with respect to
+    x_cur is J^T mean((rewards - pB) (denoised - x_mc)) / r^2; momentum beta beta_3 on the previous raw gradient;
+    score + scale * (-g / (||g|| + 1e-7)) (per sample, diffinv's documented choice)."""
+    n_steps = len(S["factor"])
+    d, score, J = ib_denoise(prior, x, i, S)
+    loss_ref = sq_loss(A, y, d)
+    z = loss_ref if state.get("Z") is None else 0.9 * state["Z"] + 0.1 * loss_ref
+    state["Z"] = z
+    r = torch.sqrt(z / d.shape[-1]) / 2
+    x_mc = d + eps * r[:, None]
+    rewards = torch.exp(-(sq_loss(A, y, x_mc) - loss_ref) / z)
+    pb = (rewards.sum(0) - rewards) / (eps.shape[0] - 1)
+    raw = vecmat(((rewards - pb)[..., None] * (d - x_mc)).mean(0) / r[:, None] ** 2, J)
+    beta3 = (n_steps - i - 1) / n_steps
+    g = raw if state.get("prev") is None else beta * beta3 * state["prev"] + (1 - beta * beta3) * raw
+    state["prev"] = raw
+    return ib_em(x, score - scale * g / (rownorm(g) + 1e-7), i, S, noise)
+
+
+def scg_run(prior: TanhPrior, A: Tensor, y: Tensor, x: Tensor, S: dict, threshold: float, noises: list[Tensor],
+            steps: int) -> list[Tensor]:
+    """The first ``steps`` steps of InverseBench ``algo/scg.py::SCG.inference`` for every sample at once (the
+    reference loops over samples): unguided Euler-Maruyama steps for i < int(N threshold); from there (diffinv's
+    documented choice for i = int(N threshold) itself) K candidates ``x * scaling_factor + factor * score +
+    sqrt(factor) eps_k``, each scored by ``loss(net(x_k / s_{i+1}, sigma_{i+1}))``, the argmin kept; the last step
+    returns ``denoised``. Returns the iterates."""
+    n_steps, out = len(S["factor"]), []
+    for i in range(steps):
+        d, score, _ = ib_denoise(prior, x, i, S)
+        if i == n_steps - 1:
+            x = d
+        elif i < int(n_steps * threshold):
+            x = ib_em(x, score, i, S, noises.pop(0))
+        else:
+            eps = noises.pop(0)                                                  # [K, N, d]
+            cand = x * S["shrink"][i] + S["factor"][i] * score + math.sqrt(S["factor"][i]) * eps
+            dc = prior.D(cand.reshape(-1, x.shape[-1]) / S["scale"][i + 1], S["sigma"][i + 1]).reshape(cand.shape)
+            best = sq_loss(A, y, dc).argmin(0)
+            x = cand[best, torch.arange(x.shape[0])]
+        out.append(x)
+    return out
+
+
+def lgd_step(prior: TanhPrior, A: Tensor, y: Tensor, sigma_y: float, x: Tensor, i: int, S: dict, scale: float,
+             eps: Tensor, noise: Tensor) -> Tensor:
+    """LGD-MC (Song et al. 2023, Sec. 3): x0_k = x0_hat + r_t eps_k with r_t = sigma / sqrt(1 + sigma^2),
+    l_k = ||A x0_k - y||^2 / (2 sigma_y^2), grad log (1/n sum exp(-l_k)) = -sum_k softmax(-l)_k A^T (A x0_k - y) /
+    sigma_y^2 pulled back by J^T, added to the score of the reference grid's Euler-Maruyama step."""
+    d, score, J = ib_denoise(prior, x, i, S)
+    sig = S["sigma"][i]
+    x0 = d + sig / math.sqrt(1 + sig**2) * eps
+    res = x0 @ A.T - y
+    w = torch.softmax(-(res**2).sum(-1) / (2 * sigma_y**2), dim=0)
+    v = -(w[..., None] * (res @ A)).sum(0) / sigma_y**2
+    return ib_em(x, score + scale * vecmat(v, J), i, S, noise)
+
+
+# ============================================================================================ DDNM
+def ddnm_step(prior: TanhPrior, op, y: Tensor, x_vp: Tensor, a_t, a_next, sigma_y: float, eta: float,
+              n_spec: Tensor) -> Tensor:
+    """One step of wyhuai/DDNM ``functions/svd_ddnm.py::ddnm_plus_diffusion`` with the SVD operators' ``Lambda`` and
+    ``Lambda_noise`` (``functions/svd_operators.py``), in VP coordinates: x0_t = (x_t - sqrt(1 - a) e_t) / sqrt(a)
+    (Eq. 12; e_t of the denoiser D at x_t / sqrt(a)), x0_hat = x0_t - Lambda A^+ (A x0_t - y) (Eq. 17) with
+    lambda_i = s_i sigma_t sqrt(1 - eta^2) / (a' sigma_y) where sigma_t < a' sigma_y / s_i, else 1; x_{t'} =
+    a' x0_hat + V(d1 V^T n + d2 V^T e_t) (Eq. 51), (d1, d2) = (sigma_t eta, sigma_t sqrt(1 - eta^2)) in the null space
+    and for sigma_y = 0, (sigma_t eta, 0) where sigma_t < a' sigma_y / s_i, (sqrt(sigma_t^2 - a'^2 sigma_y^2 / s_i^2),
+    0) where sigma_t > a' sigma_y / s_i; a' = sqrt(a_next), sigma_t = sqrt(1 - a_next). The fresh noise is given in
+    the spectral basis (``n_spec`` = V^T n: the same law). The reference's super-resolution ``Lambda_noise`` skips the
+    V^T of e_t (its patches are not rotated); the general SVD form rotates it, as here. Returns x_{t'} (VP)."""
+    a_t, a_next = float(a_t), float(a_next)
+    s = op.singulars().to(F64)
+    obs = s > 0
+    inv = torch.where(obs, 1 / torch.where(obs, s, torch.ones_like(s)), torch.zeros_like(s))
+    x0 = prior.D(x_vp / math.sqrt(a_t), math.sqrt((1 - a_t) / a_t))
+    et = (x_vp - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+    a, sig_t = math.sqrt(a_next), math.sqrt(1 - a_next)
+    lam = torch.ones_like(s)
+    d1, d2 = torch.full_like(s, sig_t * eta), torch.full_like(s, sig_t * math.sqrt(1 - eta**2))
+    if a != 0 and sigma_y != 0:
+        below = sig_t < a * sigma_y * inv
+        lam = torch.where(below, s * sig_t * math.sqrt(1 - eta**2) / a / sigma_y, lam)
+        d1, d2 = torch.where(below, sig_t * eta, d1), torch.where(below, 0.0, d2)
+        above = sig_t > a * sigma_y * inv
+        d1 = torch.where(above, (sig_t**2 - a**2 * sigma_y**2 * inv**2).clamp_min(0).sqrt(), d1)
+        d2 = torch.where(above, 0.0, d2)
+        d1, d2 = torch.where(~obs, sig_t * eta, d1), torch.where(~obs, sig_t * math.sqrt(1 - eta**2), d2)
+    pinv_res = inv * op.Ut(op(x0) - y)                                   # V^T A^+ (A x0 - y)
+    x0_hat = op.V(op.Vt(x0) - lam * pinv_res)
+    return a * x0_hat + op.V(d1 * n_spec + d2 * op.Vt(et))

@@ -27,8 +27,8 @@ import torch
 import reference_updates as ru
 from diffinv.diffusion import DiscreteVPSchedule, ddim_step, sample_ddim
 from diffinv.operators import GaussianNoise, MatrixOperator
-from diffinv.samplers import (DAPS, DDRM, DPS, PSLD, ULA, DiffPIR, EnKG, LatentDPS, PiGDM, PnPDM, REDDiff, ReSample,
-                              SKRock)
+from diffinv.samplers import (DAPS, DDNM, DDRM, DPG, DPS, DPSGSG, LGD, PSLD, SCG, ULA, DiffPIR, EnKG, LatentDPS, PiGDM,
+                              PnPDM, REDDiff, ReSample, SKRock)
 from diffinv.samplers.diffpir import diffpir_timesteps
 
 F64 = torch.float64
@@ -513,4 +513,106 @@ def test_resample_steps(monkeypatch, x0_estimate):
         ru.assert_same(iterates[i], z, f"ReSample step {i} ({x0_estimate})")
     z = ru.adamw_mse(z, latent_grad, 3, 5e-3)        # the final latent optimisation
     ru.assert_same(out, prior.decode(z), f"ReSample output ({x0_estimate})")
+    assert tape.remaining == 0
+
+
+# ============================================================================================ InverseBench's SDE samplers
+def _ib_start(tape, S, n, d):
+    return tape.take((n, d)) * S["sigma_max"]
+
+
+@pytest.mark.parametrize("central", [True, False])
+def test_dps_gsg_steps(monkeypatch, central):
+    """DPS-GSG (InverseBench ``algo/dps_gsg.py``) on its published grid ("linear" / "poly-7", 100 -> 0.01): three steps
+    of 6 with 4 queries per sample (2 central directions, or 4 forward ones) against ``ru.dps_gsg_step``."""
+    A, op, y = dense_problem(seed=4)
+    prior = ru.TanhPrior(6, seed=4)
+    tape = tape_for(monkeypatch, "dps_gsg", "smoothing")
+    sampler = DPSGSG(num_steps=6, schedule="edm", guidance_scale=0.3, num_queries=4, mu=0.05, central=central,
+                     batch_size=5)
+    iterates, _ = ru.run_steps(sampler, y, op, prior, num_samples=2, steps=3)
+    S, k = ru.ib_edm_scheduler(6), (2 if central else 4)
+    x = _ib_start(tape, S, 2, 6)
+    for i, it in enumerate(iterates):
+        u = tape.take((k, 2, 6))
+        x = ru.dps_gsg_step(prior, A, rep(y, 2), x, i, S, 0.3, 0.05, u, tape.take((2, 6)), central)
+        ru.assert_same(it, x, f"DPS-GSG step {i}")
+    assert tape.remaining == 0
+
+
+def test_dpg_steps(monkeypatch):
+    """DPG (InverseBench ``algo/dpg.py``) on the "vp" grid: three steps of 8 (the misfit EMA and the momentum act from
+    the second) with 5 draws per sample against ``ru.dpg_step``."""
+    A, op, y = dense_problem(seed=5)
+    prior = ru.TanhPrior(6, seed=5)
+    tape = tape_for(monkeypatch, "dpg")
+    sampler = DPG(num_steps=8, guidance_scale=3.0, num_mc_samples=5, batch_size=4)
+    iterates, _ = ru.run_steps(sampler, y, op, prior, num_samples=2, steps=3)
+    S, state = ru.ib_vp_scheduler(8), {}
+    x = _ib_start(tape, S, 2, 6)
+    for i, it in enumerate(iterates):
+        eps = tape.take((5, 2, 6))
+        x = ru.dpg_step(prior, A, rep(y, 2), x, i, S, state, 3.0, eps, tape.take((2, 6)))
+        ru.assert_same(it, x, f"DPG step {i}")
+    assert tape.remaining == 0
+
+
+def test_scg_steps(monkeypatch):
+    """SCG (InverseBench ``algo/scg.py``) on the "vp" grid, 8 steps with threshold 0.25: two unguided steps, five guided
+    ones with 3 candidates, and the last step's Tweedie estimate, against ``ru.scg_run``."""
+    A, op, y = dense_problem(seed=6)
+    prior = ru.TanhPrior(6, seed=6)
+    tape = tape_for(monkeypatch, "scg")
+    iterates, out = ru.run_steps(SCG(num_steps=8, num_candidates=3, threshold=0.25, batch_size=4), y, op, prior,
+                                 num_samples=2)
+    S = ru.ib_vp_scheduler(8)
+    x = _ib_start(tape, S, 2, 6)
+    noises = [tape.take((2, 6)) for _ in range(2)] + [tape.take((3, 2, 6)) for _ in range(5)]
+    expected = ru.scg_run(prior, A, rep(y, 2), x, S, 0.25, noises, 8)
+    for i, (it, ex) in enumerate(zip(iterates, expected)):
+        ru.assert_same(it, ex, f"SCG step {i}")
+    ru.assert_same(out, expected[-1], "SCG output")
+    assert tape.remaining == 0 and len(iterates) == 8
+
+
+def test_lgd_steps(monkeypatch):
+    """LGD-MC (Song et al. 2023) on the "vp" grid: three steps of 8 with 4 draws per sample against ``ru.lgd_step``."""
+    A, op, y = dense_problem(seed=7, sigma_y=0.3)
+    prior = ru.TanhPrior(6, seed=7)
+    tape = tape_for(monkeypatch, "lgd")
+    iterates, _ = ru.run_steps(LGD(num_steps=8, guidance_scale=0.5, num_mc_samples=4, batch_size=3), y, op, prior,
+                               num_samples=2, steps=3)
+    S = ru.ib_vp_scheduler(8)
+    x = _ib_start(tape, S, 2, 6)
+    for i, it in enumerate(iterates):
+        eps = tape.take((4, 2, 6))
+        x = ru.lgd_step(prior, A, rep(y, 2), 0.3, x, i, S, 0.5, eps, tape.take((2, 6)))
+        ru.assert_same(it, x, f"LGD step {i}")
+    assert tape.remaining == 0
+
+
+@pytest.mark.parametrize("sigma_y", [0.1, 0.0])
+def test_ddnm_steps(monkeypatch, sigma_y):
+    """DDNM+ (wyhuai/DDNM ``ddnm_plus_diffusion`` with the SVD ``Lambda`` / ``Lambda_noise``) on 4 of 1000 steps
+    (750, 500, 250, 0, then x0) with singular values that put coordinates on both sides of sigma_y / s_i, and the
+    noise-free DDNM (sigma_y = 0: A^+ y in the range space, DDIM everywhere), against ``ru.ddnm_step`` in VP
+    coordinates (diffinv's iterates are the VE points x_VP / sqrt(abar))."""
+    s_vals = [2.0, 0.8, 0.15, 0.02]
+    A, op, y = spectral_problem(s_vals, d=6, sigma_y=sigma_y, seed=8)
+    prior = ru.TanhPrior(6, seed=8)
+    tape = tape_for(monkeypatch, "ddnm")
+    iterates, out = ru.run_steps(DDNM(num_steps=4, eta=0.85), y, op, prior, num_samples=2)
+    ts = [750, 500, 250, 0]
+    abar = [float(ABAR[t]) for t in ts] + [1.0]
+    if sigma_y > 0:
+        sig = [math.sqrt((1 - a) / a) for a in abar[1:]]
+        s = torch.tensor(s_vals)
+        assert any(bool((s * v < sigma_y).any() and (s * v > sigma_y).any()) for v in sig)   # both regimes occur
+    x = tape.take((2, 6))                                                    # x_T ~ N(0, I) in VP coordinates
+    for k, it in enumerate(iterates):
+        x = ru.ddnm_step(prior, op, rep(y, 2), x, abar[k], abar[k + 1], sigma_y, 0.85, tape.take((2, 6)))
+        ru.assert_same(it, x / math.sqrt(abar[k + 1]), f"DDNM step {k}")
+    ru.assert_same(out, x, "DDNM output")
+    if sigma_y == 0:
+        ru.assert_same(op(out), rep(y, 2), "A x = y")
     assert tape.remaining == 0

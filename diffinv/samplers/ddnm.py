@@ -21,6 +21,10 @@ sigma_t'; below it, ``lambda_i = s_i sigma_t' sqrt(1 - eta^2) / sigma_y`` of the
 then supplies the ``sqrt(1 - eta^2)`` part of the level) with fresh noise ``eta sigma_t'`` (Eq. 19 per coordinate).
 The null space always takes the DDIM step.
 
+One deviation, on purpose: the reference's super-resolution ``Lambda_noise`` scales the network's e_t in pixel
+patches without rotating them into the spectral basis (its fresh noise is rotated), so its DDIM term there mixes
+coordinates; here e_t is rotated like everything else (the general SVD form; ``tests/test_reference_equivalence.py``).
+
 Time travel (Sec. 3.3, RePaint's schedule ``get_schedule_jump``): with ``travel_length`` l and ``travel_repeat`` r > 1,
 after every l steps the state jumps l levels back, ``x_{t+l} = x0|t + sigma_{t+l} n`` (from the last Tweedie estimate),
 r - 1 times. The reference's settings: 100 of 1000 steps (timesteps 990, 980, ..., 0, then x0), eta 0.85, l = r = 1
