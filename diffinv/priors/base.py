@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import require
+
 
 class Prior(nn.Module):
     """Base class: validates inputs, broadcasts sigma to ``[B]``, and derives the score."""
@@ -21,8 +23,7 @@ class Prior(nn.Module):
     def score(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """Tweedie: grad log p_sigma(x) = (E[x0 | x] - x) / sigma^2."""
         sig = self._check(x, sigma)
-        if bool((sig == 0).any()):
-            raise ValueError("score is undefined at sigma = 0; use a small positive sigma.")
+        require(sig != 0, "score is undefined at sigma = 0; use a small positive sigma.")
         return (self._denoise(x, sig) - x) / sig.view(-1, *([1] * len(self.event_shape))) ** 2
 
     def _denoise(self, x: Tensor, sigma: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -41,8 +42,7 @@ class Prior(nn.Module):
             raise ValueError(f"{name}: sigma must be a float or a [B] tensor with B = {x.shape[0]}, got shape {list(sig.shape)}.")
         else:
             sig = sig.expand(x.shape[0])
-        if bool(torch.isnan(sig).any()) or bool((sig < 0).any()):
-            raise ValueError(f"{name}: sigma must be >= 0 and not NaN, got {sig.tolist()[:4]}.")
+        require(sig >= 0, lambda: f"{name}: sigma must be >= 0 and not NaN, got {sig.tolist()[:4]}.")  # NaN >= 0 is false
         return sig
 
 

@@ -182,7 +182,8 @@ class EnKG(Sampler):
             raise ValueError("EnKG: the Kalman update needs num_samples >= 2 particles")
         dtype = real_dtype(y)
         y_rep = repeat_measurement(y, n)
-        sigmas = karras_sigmas(self.num_steps, self.sigma_min, self.sigma_max, self.rho).to(y.device, dtype)
+        # the grid stays on the host (0-dim host tensors mix with device tensors; branching on them never syncs)
+        sigmas = karras_sigmas(self.num_steps, self.sigma_min, self.sigma_max, self.rho).to(dtype)
         x = randn((n * b, *operator.input_shape), generator, like=y, dtype=dtype) * sigmas[0]   # N(0, sigma_max^2 I)
         for i in range(self.num_steps):
             s, s_next = sigmas[i], sigmas[i + 1]
