@@ -55,5 +55,15 @@ class DenoiserPrior(Prior):
         self.denoiser = denoiser
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
+    # Image networks run in channels-last layout on the CPU in eval mode: measured 1.07-1.29x faster for the shipped
+    # 64 x 64 UNets at 1-64 samples a call (scripts/benchmark_networks.py), outputs within 4e-6 of the contiguous
+    # layout. Not on GPUs (unmeasured there) and not in training (the optimiser's layout stays as it was built).
+    channels_last_on_cpu = True
+
     def _denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if self.channels_last_on_cpu and x.dim() == 4 and x.device.type == "cpu" and not self.denoiser.training:
+            if not getattr(self, "_channels_last", False):
+                self.denoiser.to(memory_format=torch.channels_last)
+                self._channels_last = True
+            return self.denoiser(x.contiguous(memory_format=torch.channels_last), sigma).contiguous()
         return self.denoiser(x, sigma)
