@@ -328,11 +328,13 @@ def solve_sde(prior: HasDenoise, x: Tensor, ts: Tensor, sde: SDE, alpha: float =
         raise ValueError(f"unknown solver {method!r}; allowed: 'euler', 'heun'")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (0 = probability-flow ODE, 1 = reverse SDE), got {alpha}")
-    ts = ts.to(dtype=x.dtype, device=x.device)
+    # the grid stays on the host: branching on a device value would stall an accelerator at every step
+    ts = torch.as_tensor(ts).to(dtype=x.dtype, device="cpu")
+    final = float(ts[-1]) == 0
     for i in range(len(ts) - 1):
         t, t_next = ts[i], ts[i + 1]
         dt = t_next - t
-        if t_next == 0:  # last step: x -> s(0) D(x / s, sigma(t)) (the Euler step of EDM's final iteration)
+        if final and i == len(ts) - 2:  # last step: x -> s(0) D(x / s, sigma(t)) (the Euler step of EDM's final iteration)
             s = sde.scale(t)
             x = sde.scale(t_next) * _denoise(prior, x / s, sde.sigma(t), cost)
         else:

@@ -4,8 +4,11 @@
                                           [--only NAME ...] [--json PATH]
 
 For each operator it times ``forward`` on a batch of ``--batch`` samples and on ``--single`` samples
-passed one by one, and prints the per-sample times and their ratio (batching must pay). On a GPU it also
-reports Navier–Stokes solves per second for 64 members at 128 x 128.
+passed one by one, and prints the per-sample times and their ratio (batching must pay). Then, for the
+Navier–Stokes solver at 64 x 64 and 128 x 128, the cost of one time step of a batch against the FFTs alone that
+such a step must do (2 evaluations of the right-hand side, each an inverse FFT of 3 fields and a forward FFT of 2,
+on the solver's own chunks): ``step / FFT`` is the solver's overhead over its bound. On a GPU it also reports
+Navier–Stokes solves per second for 64 members at 128 x 128.
 """
 from __future__ import annotations
 
@@ -47,14 +50,19 @@ def _inputs(op, n: int, device) -> torch.Tensor:
     return (torch.rand((n, *op.input_shape), generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
 
 
+def _clock():
+    """CPU time of this process for one CPU thread (immune to other jobs taking the core), else wall time."""
+    return time.process_time() if torch.get_num_threads() == 1 and not torch.cuda.is_initialized() else time.perf_counter()
+
+
 def _timed(fn, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t = time.perf_counter()
+    t = _clock()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t
+    return _clock() - t
 
 
 def bench(name: str, batch: int, single: int, device) -> dict:
@@ -66,6 +74,28 @@ def bench(name: str, batch: int, single: int, device) -> dict:
         t_single = _timed(lambda: [op(x[i:i + 1]) for i in range(single)], device) / single
     return {"per_sample_batched_ms": 1e3 * t_batch, "per_sample_single_ms": 1e3 * t_single,
             "speedup": t_single / t_batch}
+
+
+def ns_step_ratio(resolution: int, batch: int, device, repeats: int = 3) -> dict:
+    """Seconds per time step of a ``batch`` of evolved fields (adaptive steps to t = 0.05) and of the FFTs alone."""
+    op = NavierStokes(resolution=resolution)
+    solver = op.solver
+    w0 = (_inputs(op, batch, device)[:, 0] * op.scale)
+    _, steps = solver.solve(w0, 0.05, return_steps=True)
+    t_step = min(_timed(lambda: solver.solve(w0, 0.05), device) for _ in range(repeats)) / float(steps.double().mean())
+    chunk = solver.chunk_size or (batch if device.type != "cpu" else max(1, 2**16 // resolution**2))
+    m = resolution // 2 + 1
+    spec_in = torch.randn(min(chunk, batch), 3, resolution, m, dtype=torch.complex64, device=device)
+    phys_in = torch.randn(min(chunk, batch), 2, resolution, resolution, device=device)
+
+    def ffts():
+        for _ in range(0, batch, chunk):
+            for _ in range(2):
+                torch.fft.irfft2(spec_in, s=(resolution, resolution))
+                torch.fft.rfft2(phys_in)
+    ffts()
+    t_fft = min(_timed(ffts, device) for _ in range(repeats))
+    return {"step_ms": 1e3 * t_step, "fft_ms": 1e3 * t_fft, "step_over_fft": t_step / t_fft}
 
 
 def main(argv=None) -> None:
@@ -87,6 +117,13 @@ def main(argv=None) -> None:
         results[name] = r
         print(f"{name:24s} {r['per_sample_batched_ms']:18.2f} {r['per_sample_single_ms']:17.2f} {r['speedup']:8.1f}x",
               flush=True)
+    print(f"\n{'Navier-Stokes step':24s} {'step ms':>10s} {'FFT ms':>10s} {'step / FFT':>11s}   (batch {args.batch}, "
+          f"{torch.get_num_threads()} thread(s), "
+          f"{'CPU' if torch.get_num_threads() == 1 and device.type == 'cpu' else 'wall'} time)")
+    for n in (64, 128):
+        r = ns_step_ratio(n, args.batch, device)
+        results[f"navier_stokes_{n}_step"] = r
+        print(f"{f'{n} x {n}':24s} {r['step_ms']:10.2f} {r['fft_ms']:10.2f} {r['step_over_fft']:11.2f}", flush=True)
     if device.type == "cuda":
         op = NavierStokes(resolution=128, downsample=2).to(device)
         x = _inputs(op, 64, device)

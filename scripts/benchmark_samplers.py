@@ -138,7 +138,7 @@ def enkg_scaling(prior, operator, y, particles: list[int], chunk: int, repeats: 
     if "EnKG" not in registry:
         print("EnKG is not registered; skipping the particle scaling")
         return {}
-    kwargs = {**BENCH_KWARGS["EnKG"], "batch_size": chunk or None}
+    kwargs = {**BENCH_KWARGS["EnKG"], "batch_size": chunk if chunk == "auto" else (int(chunk) or None)}
     out = {}
     for n in particles:
         sampler = registry["EnKG"](**kwargs)
@@ -156,6 +156,32 @@ def enkg_scaling(prior, operator, y, particles: list[int], chunk: int, repeats: 
     return out
 
 
+def network_paths(prior: DenoiserPrior, batch: int, repeats: int) -> dict:
+    """Network ms per sample of the default CPU path (channels-last, eval mode) against the contiguous layout."""
+    x = torch.randn((batch, *prior.event_shape), generator=torch.Generator().manual_seed(0))
+    sigma = torch.ones(batch)
+    out = {}
+    for name, flag in (("contiguous", False), ("channels_last", True), ("contiguous ", False), ("channels_last ", True)):
+        prior.channels_last_on_cpu = flag
+        if not flag:
+            prior.denoiser.to(memory_format=torch.contiguous_format)
+            prior._channels_last = False
+        with torch.no_grad():
+            prior.denoise(x, sigma)
+            best = min(_timed_call(lambda: prior.denoise(x, sigma)) for _ in range(repeats))
+        out[name.strip()] = min(out.get(name.strip(), float("inf")), 1e3 * best / batch)
+    prior.channels_last_on_cpu = True
+    print(f"network ms/sample, batch {batch}: contiguous {out['contiguous']:.2f}, channels_last (default on CPU) "
+          f"{out['channels_last']:.2f} ({out['contiguous'] / out['channels_last']:.2f}x)", flush=True)
+    return out
+
+
+def _timed_call(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--resolution", type=int, default=16)
@@ -164,7 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--measurements", type=int, default=64, help="rows of the random measurement matrix")
     p.add_argument("--algorithms", type=str, default=None)
     p.add_argument("--particles", type=str, default="8,16,32,64,128,256")
-    p.add_argument("--enkg-batch", type=int, default=64, help="EnKG particles per network call (0: all)")
+    p.add_argument("--enkg-batch", default="auto", help="EnKG particles per network call (0: all; auto: the "
+                   "device's measured chunk, diffinv.samplers.enkg.NETWORK_CHUNK)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per ensemble size (the fastest counts)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=str, default=None)
@@ -187,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"EnKG time per particle (network chunks of {args.enkg_batch or 'all'}, best of {args.repeats}):")
     scaling = enkg_scaling(prior, operator, y, [int(n) for n in args.particles.split(",")], args.enkg_batch,
                            args.repeats)
-    report = {"config": vars(args), "overhead": rows, "enkg_scaling": scaling}
+    paths = {b: network_paths(prior, b, args.repeats) for b in (1, args.batch, 64)}
+    report = {"config": vars(args), "overhead": rows, "enkg_scaling": scaling, "network_paths": paths}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import require
 from .noise import GaussianNoise, NoiseModel
 
 
@@ -71,8 +72,7 @@ class Operator(nn.Module):
                 f"{name}: expected input of shape [B, {', '.join(map(str, self.input_shape))}], "
                 f"got {list(x.shape)}; resize the image or build the operator for this shape."
             )
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{name}: input contains NaN or Inf values.")
+        require(torch.isfinite(x), f"{name}: input contains NaN or Inf values.")
         return x
 
     # ------------------------------------------------------------------ linear algebra

@@ -54,7 +54,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,7 +73,7 @@ class _Spectral:
     inv_lap: Tensor      # 1 / |k|^2, 0 at k = 0    (real)                   [N, M]
     to_fields: Tensor    # w_hat -> (w, u_x, u_y)_hat, de-aliased (complex) [3, N, M]
     neg_div: Tensor      # (F_x, F_y)_hat -> -div F, times the 2/3 mask for "two_thirds" (complex) [2, N, M]
-    forcing: Tensor | None  # f_hat (complex) or None                      [N, M]
+    forcing: Tensor | None  # f_hat at its one mode (kx, ky) = (0, k_f) (complex scalar) or None
 
 
 class NavierStokes2DSolver:
@@ -180,7 +179,8 @@ class NavierStokes2DSolver:
         spec = _Spectral(
             ikx=ikx.to(cdtype), iky=iky.to(cdtype), nu_lap=(self.nu * lap).to(dtype), inv_lap=inv_lap.to(dtype),
             to_fields=to_fields.to(cdtype), neg_div=neg_div.to(cdtype),
-            forcing=None if f_hat is None else f_hat.to(cdtype),
+            # -A cos(k_f y) lives on the single mode (0, k_f) of the half spectrum: added there, not as a dense array
+            forcing=None if f_hat is None else f_hat[0, self.forcing_wavenumber].to(cdtype),
         )
         self._cache[key] = spec
         return spec
@@ -197,26 +197,27 @@ class NavierStokes2DSolver:
         return ux, uy
 
     def _rhs(self, w_hat: Tensor, spec: _Spectral, speed: bool = False):
-        """``N(w) = -div(u w) + f`` in Fourier space; with ``speed=True`` also max|u| per sample (numpy, [B])."""
+        """``N(w) = -div(u w) + f`` in Fourier space; with ``speed=True`` also max|u| per sample (``[B]``, on the
+        device, detached)."""
         n = self.resolution
         fields = torch.fft.irfft2(w_hat.unsqueeze(1) * spec.to_fields, s=(n, n))     # [B, 3, N, N]: w, u_x, u_y
         vel = fields[:, 1:]
         flux_hat = torch.fft.rfft2(vel * fields[:, :1])                                # [B, 2, N, M]: (u_x w, u_y w)
-        out = (flux_hat * spec.neg_div).sum(1)
+        # -div(u w)_hat = (-i k_x) F_x + (-i k_y) F_y, one pass less than a product and a sum
+        out = torch.mul(flux_hat[:, 0], spec.neg_div[0]).addcmul_(flux_hat[:, 1], spec.neg_div[1])
         if spec.forcing is not None:
-            out = out + spec.forcing
+            out[:, 0, self.forcing_wavenumber] += spec.forcing
         if not speed:
             return out
-        with torch.no_grad():
-            umax = vel.detach().square().sum(1).amax(dim=(-2, -1)).sqrt()
-        return out, umax.cpu().numpy().astype(np.float64)
+        ux, uy = vel.detach().unbind(1)
+        return out, (ux * ux).addcmul_(uy, uy).amax(dim=(-2, -1)).sqrt()
 
-    def _cfl_step(self, speed: np.ndarray) -> np.ndarray:
-        """The reference's bound min(cfl h / max|u|, cfl h^2 / mu), per sample (float64)."""
+    def _cfl_step(self, speed: Tensor) -> Tensor:
+        """The reference's bound min(cfl h / max|u|, cfl h^2 / mu), per sample (float64, on the device)."""
         diffusive = self.cfl * self._h**2 / self._mu
-        with np.errstate(divide="ignore"):
-            advective = np.where(speed > 0, self.cfl * self._h / speed, np.inf)
-        return np.minimum(advective, diffusive)
+        speed = speed.to(torch.float64)
+        advective = (self.cfl * self._h) / speed            # +inf for a flow at rest
+        return advective.clamp_max(diffusive)
 
     def step_cap(self, t: float, speed0: float | None = None) -> int:
         """The default step limit for time ``t`` (``max_steps=None``): the steps of the CFL bound at a
@@ -234,13 +235,16 @@ class NavierStokes2DSolver:
         return int(math.ceil(t * ref / (self.cfl * self._h)) + math.ceil(t / diffusive)) + 1
 
     def _step(self, w_hat: Tensor, dt, rhs1: Tensor, spec: _Spectral) -> Tensor:
-        """Eq. (4): one Crank–Nicolson / Heun step; ``dt`` a float or a per-sample ``[B, 1, 1]`` tensor."""
-        a = (0.5 * dt) * spec.nu_lap
-        explicit = (1.0 - a) * w_hat
-        denom = torch.reciprocal(1.0 + a)
-        w_tilde = (explicit + dt * rhs1) * denom                                       # (4a)
+        """Eq. (4): one Crank–Nicolson / Heun step; ``dt`` a float or a per-sample ``[B, 1, 1]`` tensor. Written
+        with the real factors E = (1 - a) / (1 + a) and dt / (1 + a), so that the complex arrays are touched four
+        times per step (the FFTs dominate); the factors carry no gradient (dt is detached, eq. 5)."""
+        a = spec.nu_lap * (0.5 * dt)
+        d_dt = (a + 1.0).reciprocal_()
+        explicit = (1.0 - a).mul_(d_dt) * w_hat                                        # (1 - a) / (1 + a) w^n
+        d_dt.mul_(dt)                                                                  # dt / (1 + a)
+        w_tilde = torch.addcmul(explicit, d_dt, rhs1)                                  # (4a)
         rhs2 = self._rhs(w_tilde, spec)
-        return (explicit + (0.5 * dt) * (rhs1 + rhs2)) * denom                         # (4b)
+        return torch.addcmul(explicit, d_dt, rhs1 + rhs2, value=0.5)                   # (4b)
 
     def solve(self, w0: Tensor, t: float, return_steps: bool = False):
         """Evolve ``w0`` ``[B, N, N]`` for time ``t``; returns ``w(t)`` (and the per-sample step counts, a CPU long tensor ``[B]``)."""
@@ -269,7 +273,7 @@ class NavierStokes2DSolver:
             outs.append(torch.fft.irfft2(w_hat, s=(n, n)))
             step_list.append(steps)
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
-        steps = torch.from_numpy(np.concatenate(step_list))
+        steps = torch.cat(step_list)
         if not torch.isfinite(out).all():
             raise RuntimeError(
                 f"NavierStokes2DSolver: the solution is not finite (the flow blew up) from an initial field with "
@@ -285,43 +289,53 @@ class NavierStokes2DSolver:
         dt = t / num
         for _ in range(num):
             w_hat = self._step(w_hat, dt, self._rhs(w_hat, spec), spec)
-        return w_hat, np.full(w_hat.shape[0], num, dtype=np.int64)
+        return w_hat, torch.full((w_hat.shape[0],), num, dtype=torch.long)
 
     def _solve_adaptive(self, w_hat: Tensor, t: float, spec: _Spectral):
-        # per-sample bookkeeping in numpy float64: a few microseconds a step whatever the batch
+        # The per-sample bookkeeping stays on the device (float64): the host reads it only every
+        # ``check_every`` steps, to drop the samples that have arrived (compaction) and to enforce the step cap;
+        # in between, an arrived sample takes steps of dt = 0, which leave it exactly as it is.
         batch, device = w_hat.shape[0], w_hat.device
-        w_hat0, cap = w_hat, None
-        remaining = np.full(batch, t, dtype=np.float64)
-        steps = np.zeros(batch, dtype=np.int64)
-        active = np.arange(batch)                               # original indices of the samples still running
-        done_idx: list[np.ndarray] = []
+        check_every = 1 if device.type == "cpu" else 16
+        w_hat0, cap = w_hat, self.max_steps
+        remaining = torch.full((batch,), t, dtype=torch.float64, device=device)
+        steps = torch.zeros(batch, dtype=torch.long, device=device)
+        active = torch.arange(batch, device=device)            # original indices of the samples still running
+        done_idx: list[Tensor] = []
         done_w: list[Tensor] = []
-        while active.size > 0:
+        done_steps: list[Tensor] = []
+        count = 0
+        while active.numel() > 0:
             rhs1, speed = self._rhs(w_hat, spec, speed=True)
-            r = remaining[active]
-            dt = r / np.ceil(r / self._cfl_step(speed))        # eq. (5): piecewise constant in w0, no gradient
-            w_hat = self._step(w_hat, torch.from_numpy(dt).to(device=device, dtype=spec.nu_lap.dtype)[:, None, None],
-                               rhs1, spec)
-            remaining[active] = r - dt                          # exactly 0 after the last step (dt = r)
-            steps[active] += 1
-            if cap is None:
-                cap = self.max_steps if self.max_steps is not None else self.step_cap(t, float(speed.max()))
-            if steps.max() > cap:
+            if cap is None:                                     # one host read, at the first step
+                cap = self.step_cap(t, float(speed.max()))
+            running = remaining > 0
+            # eq. (5): piecewise constant in w0, no gradient; 0 for an arrived sample
+            dt = torch.where(running, remaining / torch.ceil(remaining / self._cfl_step(speed)),
+                             torch.zeros_like(remaining))
+            w_hat = self._step(w_hat, dt.to(spec.nu_lap.dtype)[:, None, None], rhs1, spec)
+            remaining = remaining - dt                          # exactly 0 after the last step (dt = r)
+            steps = steps + running
+            count += 1
+            if count % check_every:
+                continue
+            if int(steps.max()) > cap:
                 w0 = torch.fft.irfft2(w_hat0, s=(self.resolution, self.resolution))
                 raise RuntimeError(
-                    f"NavierStokes2DSolver: more than max_steps = {cap} steps to t = {t:g} (max speed {speed.max():.3g}, "
-                    f"initial field with {_amplitude(w0)}). Such a fast flow comes from an initial field far above the "
-                    f"scale of the Navier–Stokes data (|w| up to about 20), e.g. a sampler step that diverged; raise "
-                    f"max_steps only for a field that really is this fast.")
-            finished = remaining[active] <= 0
-            if finished.any():                                  # compact the batch
+                    f"NavierStokes2DSolver: more than max_steps = {cap} steps to t = {t:g} (max speed "
+                    f"{float(speed.max()):.3g}, initial field with {_amplitude(w0)}). Such a fast flow comes from an "
+                    f"initial field far above the scale of the Navier–Stokes data (|w| up to about 20), e.g. a "
+                    f"sampler step that diverged; raise max_steps only for a field that really is this fast.")
+            finished = remaining <= 0
+            if bool(finished.any()):                            # compact the batch
                 done_idx.append(active[finished])
-                done_w.append(w_hat[torch.from_numpy(finished).to(device)])
-                active = active[~finished]
-                w_hat = w_hat[torch.from_numpy(~finished).to(device)]
-        inverse = np.argsort(np.concatenate(done_idx))
+                done_w.append(w_hat[finished])
+                done_steps.append(steps[finished])
+                keep = ~finished
+                active, w_hat, remaining, steps = active[keep], w_hat[keep], remaining[keep], steps[keep]
+        order = torch.argsort(torch.cat(done_idx))
         w_all = torch.cat(done_w) if len(done_w) > 1 else done_w[0]
-        return w_all[torch.from_numpy(inverse).to(device)], steps
+        return w_all[order], torch.cat(done_steps)[order].cpu()
 
 
 def _amplitude(w: Tensor) -> str:

@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import require
+
 
 class Prior(nn.Module):
     """Base class: validates inputs, broadcasts sigma to ``[B]``, and derives the score."""
@@ -21,8 +23,7 @@ class Prior(nn.Module):
     def score(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """Tweedie: grad log p_sigma(x) = (E[x0 | x] - x) / sigma^2."""
         sig = self._check(x, sigma)
-        if bool((sig == 0).any()):
-            raise ValueError("score is undefined at sigma = 0; use a small positive sigma.")
+        require(sig != 0, "score is undefined at sigma = 0; use a small positive sigma.")
         return (self._denoise(x, sig) - x) / sig.view(-1, *([1] * len(self.event_shape))) ** 2
 
     def _denoise(self, x: Tensor, sigma: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -41,8 +42,7 @@ class Prior(nn.Module):
             raise ValueError(f"{name}: sigma must be a float or a [B] tensor with B = {x.shape[0]}, got shape {list(sig.shape)}.")
         else:
             sig = sig.expand(x.shape[0])
-        if bool(torch.isnan(sig).any()) or bool((sig < 0).any()):
-            raise ValueError(f"{name}: sigma must be >= 0 and not NaN, got {sig.tolist()[:4]}.")
+        require(sig >= 0, lambda: f"{name}: sigma must be >= 0 and not NaN, got {sig.tolist()[:4]}.")  # NaN >= 0 is false
         return sig
 
 
@@ -55,5 +55,15 @@ class DenoiserPrior(Prior):
         self.denoiser = denoiser
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
+    # Image networks run in channels-last layout on the CPU in eval mode: measured 1.07-1.29x faster for the shipped
+    # 64 x 64 UNets at 1-64 samples a call (scripts/benchmark_networks.py), outputs within 4e-6 of the contiguous
+    # layout. Not on GPUs (unmeasured there) and not in training (the optimiser's layout stays as it was built).
+    channels_last_on_cpu = True
+
     def _denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if self.channels_last_on_cpu and x.dim() == 4 and x.device.type == "cpu" and not self.denoiser.training:
+            if not getattr(self, "_channels_last", False):
+                self.denoiser.to(memory_format=torch.channels_last)
+                self._channels_last = True
+            return self.denoiser(x.contiguous(memory_format=torch.channels_last), sigma).contiguous()
         return self.denoiser(x, sigma)

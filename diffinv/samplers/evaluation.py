@@ -172,6 +172,38 @@ def make_gmm_problem(dim: int = 8, dy: int = 4, sigma: float | None = None, seed
     return prior, operator, y, x_true
 
 
+def make_gaussian_problem(dim: int = 8, dy: int = 4, sigma: float | None = None, seed: int = 0,
+                          dtype: torch.dtype = torch.float32):
+    """The linear-Gaussian companion of ``make_gmm_problem``: one Gaussian component with mean drawn from
+    N(0, 4 I) and per-coordinate variances in U(0.5, 4) (anisotropic, so a sampler that ignores the prior's
+    shape shows it), under the same operator and noise draw. ``(prior, operator, y, x_true)``."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    mean = 2.0 * torch.randn(1, dim, generator=g, dtype=torch.float64)
+    var = 0.5 + 3.5 * torch.rand(1, dim, generator=g, dtype=torch.float64)
+    prior = GaussianMixturePrior(torch.ones(1, dtype=torch.float64), mean, var).to(dtype)
+    _, operator, _, _ = make_gmm_problem(dim, dy, sigma, seed, dtype)
+    x_true = prior.sample(1, g)
+    return prior, operator, operator.measure(x_true, g), x_true
+
+
+def interval_coverage(samples: Tensor, reference: Tensor, levels=(0.5, 0.9, 0.95), num_directions: int = 200,
+                      generator: torch.Generator | None = None) -> dict[float, float]:
+    """Coverage of central credible intervals along random directions: for each unit direction u, the interval
+    between the (1 - level) / 2 and (1 + level) / 2 quantiles of the sampler's projections ``samples @ u``; the
+    coverage is the fraction of the exact draws' projections ``reference @ u`` inside it, averaged over directions.
+    A calibrated sampler covers ``level``; narrow (overconfident) draws cover less, wide ones more."""
+    s, r = samples.reshape(samples.shape[0], -1).double(), reference.reshape(reference.shape[0], -1).double()
+    u = torch.randn(s.shape[1], num_directions, generator=generator, dtype=torch.float64)
+    u = u / u.norm(dim=0, keepdim=True)
+    ps, pr = s @ u, r @ u                                                    # [S, J], [R, J]
+    out = {}
+    for level in levels:
+        q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+        lo, hi = torch.quantile(ps, q, dim=0)                                # [J] each
+        out[float(level)] = float(((pr >= lo) & (pr <= hi)).double().mean())
+    return out
+
+
 def run_gmm_benchmark(dim: int = 8, dy: int = 4, sigma: float | None = None, seed: int = 0, num_samples: int = 1000,
                       algorithms: list[str] | None = None, hyperparameters: dict[str, dict] | None = None,
                       num_projections: int = 1000, verbose: bool = False,
