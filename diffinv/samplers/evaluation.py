@@ -172,11 +172,13 @@ def make_gmm_problem(dim: int = 8, dy: int = 4, sigma: float | None = None, seed
     return prior, operator, y, x_true
 
 
-def make_gaussian_problem(dim: int = 8, dy: int = 4, sigma: float | None = None, seed: int = 0,
+def make_gaussian_problem(dim: int = 8, dy: int = 4, sigma: float | None = 0.1, seed: int = 0,
                           dtype: torch.dtype = torch.float32):
     """The linear-Gaussian companion of ``make_gmm_problem``: one Gaussian component with mean drawn from
     N(0, 4 I) and per-coordinate variances in U(0.5, 4) (anisotropic, so a sampler that ignores the prior's
-    shape shows it), under the same operator and noise draw. ``(prior, operator, y, x_true)``."""
+    shape shows it), under the same operator; the noise is sigma_y = 0.1 by default (``None``: MCGdiff's random
+    level), so that the observed directions are informed well beyond the prior and a sampler's intervals there
+    are tested. ``(prior, operator, y, x_true)``."""
     g = torch.Generator().manual_seed(10_000 + seed)
     mean = 2.0 * torch.randn(1, dim, generator=g, dtype=torch.float64)
     var = 0.5 + 3.5 * torch.rand(1, dim, generator=g, dtype=torch.float64)
