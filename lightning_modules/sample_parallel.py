@@ -66,14 +66,16 @@ def same_item(sample_id: str, status: str | None) -> str | None:
 
 
 def raise_if_any_failed(error: BaseException | None) -> None:
-    """Re-raise this rank's error, or fail when another rank failed (all ranks call it at the same point)."""
+    """All ranks call it at the same point: when any rank failed, every rank raises one error naming each failed
+    rank's error (a failure on one rank is often followed by others, as NaN reaches them: the first is the cause)."""
     messages = all_ranks(None if error is None else f"{type(error).__name__}: {error}")
-    if error is not None:
-        raise error
     failed = [(r, m) for r, m in enumerate(messages) if m is not None]
-    if failed:
-        rank, message = failed[0]
-        raise RuntimeError(f"rank {rank} failed: {message}")
+    if not failed:
+        return
+    if len(messages) == 1:
+        raise error
+    detail = "; ".join(f"rank {r}: {m}" for r, m in failed)
+    raise RuntimeError(f"the solve failed on {len(failed)} of {len(messages)} ranks ({detail})") from error
 
 
 def summed(costs: list[dict[str, int]]) -> dict[str, int]:

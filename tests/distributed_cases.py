@@ -100,6 +100,28 @@ class Interrupt(Exception):
     pass
 
 
+def failure_case(particles) -> str:
+    """``gmm_reference`` whose forward model raises on rank 1 at its third call: what each rank raised."""
+    problem, make = CASES["gmm_reference"]
+    prior, op, y = problem()
+    calls, forward = [0], op.forward
+
+    def failing(x):
+        calls[0] += 1
+        if particles.rank == 1 and calls[0] == 3:
+            raise RuntimeError("the forward model blew up on rank 1")
+        return forward(x)
+
+    op.forward = failing
+    try:
+        with torch.no_grad():
+            make().sample(y, op, prior, num_samples=N, generator=torch.Generator().manual_seed(SEED),
+                          particles=particles)
+    except Exception as err:     # noqa: BLE001 - the test reads it
+        return f"{type(err).__name__}: {err}"
+    return "no error"
+
+
 def checkpoint_case(particles, out: Path) -> None:
     """``gmm_kalman`` saving every 3 steps and stopped after step 7; rank 0 writes the last saved state."""
     from diffinv.samplers.resume import MemoryCheckpoint
@@ -156,6 +178,8 @@ def main(argv=None) -> int:
         if args.rank == 0:
             torch.save({"x": full, "ancestors": ancestors}, args.out / "resampling.pt")
         checkpoint_case(ShardedParticles(N), args.out)
+        if args.world > 1:
+            (args.out / f"failure{args.rank}.txt").write_text(failure_case(ShardedParticles(N)))
         torch.save(traffic, args.out / f"traffic{args.rank}.pt")
     finally:
         dist.destroy_process_group()
