@@ -4,8 +4,8 @@ resumes the item where it was instead of from its first step.
 
 The state is the sampler's (``diffinv.samplers.resume``: next step, the whole ensemble, the generator's state, the
 cost so far) plus a fingerprint of the run's settings and the id; it is written atomically
-(``output_folder.atomic_write``) by rank 0 only, and read by every rank when the item starts (all ranks must read
-the same step, else the run stops). A state with another fingerprint (other settings) is ignored, and so is
+(``output_folder.atomic_write``) by the rank that solves the item, or under ``sample_parallel`` (``shared``) by
+rank 0 only and read by every rank when the item starts (all ranks must read the same step, else the run stops). A state with another fingerprint (other settings) is ignored, and so is
 every state under ``overwrite``. The PredictionWriter removes the file once the item is complete or recorded as
 failed.
 """
@@ -35,15 +35,15 @@ def fingerprint(signature: dict[str, Any], sample_id: str) -> str:
 class EnsembleCheckpoint:
     """The checkpoint store of one item (the protocol of ``diffinv.samplers.resume``)."""
 
-    def __init__(self, path: Path, every: int, fingerprint: str, write: bool, ignore_saved: bool = False,
-                 event: Callable[[str, str], None] | None = None):
+    def __init__(self, path: Path, every: int, fingerprint: str, write: bool = True, ignore_saved: bool = False,
+                 event: Callable[[str, str], None] | None = None, shared: bool = False):
         self.path, self.every, self.fingerprint = Path(path), int(every), fingerprint
-        self.write, self.ignore_saved, self.event = write, ignore_saved, event
+        self.write, self.ignore_saved, self.event, self.shared = write, ignore_saved, event, shared
         self.saves = 0
 
     def load(self) -> dict | None:
         state = None if self.ignore_saved else self._read()
-        steps = all_ranks(None if state is None else int(state["step"]))
+        steps = all_ranks(None if state is None else int(state["step"])) if self.shared else []
         if len(set(steps)) > 1:
             raise RuntimeError(f"the ranks read different ensemble checkpoints from {self.path} (steps {steps}): the "
                                f"output folder must be the same shared folder on every node")

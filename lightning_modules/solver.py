@@ -344,7 +344,8 @@ class InverseProblemSolver(LightningModule):
             return None
         return EnsembleCheckpoint(writer.path(sample_id, SUFFIX), self.checkpoint_every,
                                   fingerprint(json.loads(json.dumps(self.run_signature(), default=str)), sample_id),
-                                  write=self.global_rank == 0, ignore_saved=writer.overwrite, event=writer.record_event)
+                                  write=self.global_rank == 0 or not self.shares_items, ignore_saved=writer.overwrite,
+                                  event=writer.record_event, shared=self.shares_items)
 
     def _draw(self, sample_id: str, y_obs: Tensor, op: Operator, callback) -> tuple[Tensor, dict[str, int]]:
         """All ``num_samples`` draws of the item, sample-major, and the cost of making them (summed over ranks)."""

@@ -69,18 +69,18 @@ def worker(rank: int, world: int, store: str, args, out: str) -> None:
         enkg = sampler(args)
         particles = ShardedParticles(args.particles)
         dist.barrier()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
             local = enkg.sample(y, op, prior, num_samples=args.particles,
                                 generator=torch.Generator().manual_seed(2), particles=particles)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         traffic = dict(particles.traffic)
-        slowest = [None] * world
-        dist.all_gather_object(slowest, seconds)
+        times = [None] * world
+        dist.all_gather_object(times, (seconds, cpu))
         full = particles.collect(local)
         if rank == 0:
             updates = sum(enkg.guided(i) for i in range(enkg.num_steps)) * enkg.num_updates
-            torch.save({"seconds": max(slowest), "traffic": traffic, "updates": updates, "x": full,
+            torch.save({"seconds": max(t for t, _ in times), "cpu": [c for _, c in times], "traffic": traffic, "updates": updates, "x": full,
                         "nfe": enkg.cost.nfe, "shard": particles.count}, out)
     finally:
         dist.destroy_process_group()
@@ -90,8 +90,9 @@ def run(world: int, args, folder: Path) -> dict:
     import torch.multiprocessing as mp
 
     store, out = folder / f"store{world}", folder / f"result{world}.pt"
+    load = os.getloadavg()[0]
     mp.spawn(worker, args=(world, str(store), args, str(out)), nprocs=world, join=True)
-    return torch.load(out)
+    return {**torch.load(out), "load": (load, os.getloadavg()[0])}
 
 
 def projection() -> list[str]:
@@ -138,13 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nEnKG ({args.update} update), Navier-Stokes {args.resolution} x {args.resolution} (d = {d}, m = {m}), "
           f"{args.particles} particles, {args.steps} steps, x0 predictions of <= {args.max_ode_steps} Euler steps, "
           f"{base['updates']} updates, one thread per process, {os.cpu_count()} cores")
-    print(f"{'processes':>9}  {'s / item':>9}  {'speed-up':>8}  {'bytes received / update (rank 0)':>33}  "
-          f"{'max rel. diff':>13}")
+    print(f"{'processes':>9}  {'s / item':>9}  {'speed-up':>8}  {'CPU s per process':>17}  "
+          f"{'bytes received / update (rank 0)':>33}  {'max rel. diff':>13}  {'load avg before, after':>22}")
     for world, r in results.items():
         per_update = (r["traffic"].get("all_gather", 0) + r["traffic"].get("all_reduce", 0)) / max(r["updates"], 1)
         diff = float((r["x"] - base["x"]).abs().max() / base["x"].abs().max())
-        print(f"{world:>9}  {r['seconds']:>9.1f}  {base['seconds'] / r['seconds']:>8.2f}  {per_update:>33,.0f}  "
-              f"{diff:>13.1e}")
+        cpu = ", ".join(f"{c:.1f}" for c in r["cpu"])
+        print(f"{world:>9}  {r['seconds']:>9.1f}  {base['seconds'] / r['seconds']:>8.2f}  {cpu:>17}  "
+              f"{per_update:>33,.0f}  {diff:>13.1e}  {r['load'][0]:>10.1f}, {r['load'][1]:.1f}")
+    print("(the wall-time ratio needs two free cores; the CPU seconds per process show the split of the work "
+          "whatever the machine's load)")
     print()
     print("\n".join(projection()))
     if args.json:
