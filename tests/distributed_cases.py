@@ -10,6 +10,7 @@ grid point at t = 0.05, 16 values, noise 0.1). N = 11 particles: 6 + 5 on 2 rank
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -178,8 +179,11 @@ def main(argv=None) -> int:
         if args.rank == 0:
             torch.save({"x": full, "ancestors": ancestors}, args.out / "resampling.pt")
         checkpoint_case(ShardedParticles(N), args.out)
-        if args.world > 1:
-            (args.out / f"failure{args.rank}.txt").write_text(failure_case(ShardedParticles(N)))
+        if args.world > 1:       # as the solver does next: every rank learns every rank's outcome
+            outcomes = [None] * args.world
+            dist.all_gather_object(outcomes, failure_case(ShardedParticles(N)))
+            if args.rank == 0:
+                (args.out / "failure.json").write_text(json.dumps(outcomes))
         torch.save(traffic, args.out / f"traffic{args.rank}.pt")
     finally:
         dist.destroy_process_group()
