@@ -19,7 +19,9 @@ What the CLI adds to LightningCLI:
   folder, so that ``--ckpt_path last`` finds ``last.ckpt``). A run that fails before logging anything leaves
   no empty ``version_N`` folder behind;
 * an error raised while building a class (a missing or unreadable checkpoint, a bad operator setting) is
-  shown with diffinv's own message, not jsonargparse's wrappers nor the library error underneath.
+  shown with diffinv's own message, not jsonargparse's wrappers nor the library error underneath;
+* ``predict`` with ``--model.init_args.sample_parallel true`` (every rank works on every item) sets
+  ``trainer.use_distributed_sampler`` to false, so that every rank sees every item.
 """
 from __future__ import annotations
 
@@ -155,10 +157,18 @@ class DiffinvCLI(LightningCLI):
                 root = str(default_output_dir(root, sampler.rsplit(".", 1)[-1] or None, requested))
             args["save_dir"] = root
 
+    @staticmethod
+    def _share_items(cfg) -> None:
+        """sample_parallel: every rank sees every item (module docstring)."""
+        if _get(_get(_get(cfg, "model"), "init_args"), "sample_parallel") and _get(cfg, "trainer") is not None:
+            cfg["trainer"]["use_distributed_sampler"] = False
+
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
         cfg = self.config if sub is None else self.config[sub]      # no subcommand: run=False, a fit config
         self._place_outputs(cfg, sub or "fit")
+        if sub == "predict":
+            self._share_items(cfg)
         apply_threads(cfg.get("threads"))
 
     def instantiate_classes(self) -> None:

@@ -10,6 +10,11 @@ For each solved id, in ``output_dir``:
   (or another rank) skips complete ids and redoes any other, saying why (``redone`` in the rank log).
 * ``{id}.failed.json``: instead, for an item whose solve raised (the solver's message: id, sampler, step,
   likely cause). A re-run skips it too (delete the file, or ``overwrite``, to retry).
+* ``{id}.ensemble.pt``: while an item is being solved with ``checkpoint_every``, its ensemble checkpoint
+  (``ensemble_checkpoint.py``); removed once the item is complete or failed.
+
+Under ``sample_parallel`` every rank solves every item and only rank 0 returns it; the others return a
+``shared`` marker, logged as ``shared`` in their rank log, so each item is written once.
 
 Every file goes through ``output_folder.atomic_write``; stale temporary files are removed at the next start.
 ``run.lock`` holds the folder for one run (a second run into it is refused while the first lives).
@@ -191,6 +196,14 @@ class PredictionWriter(BasePredictionWriter):
         with open(self.output_dir / "_logs" / f"rank{self._rank}.log", "a") as f:
             f.write(f"{what} {detail}\n")
 
+    def record_event(self, what: str, detail: str) -> None:
+        """A line ``what detail`` in this rank's log (e.g. ``resumed <id> at step k``)."""
+        if self.output_dir is not None:
+            self._event(what, detail)
+
+    def _drop_checkpoint(self, sample_id: str) -> None:
+        self.path(sample_id, ".ensemble.pt").unlink(missing_ok=True)
+
     def write_item(self, item: dict[str, Any]) -> None:
         sid = item["id"]
         arrays = {k: item[k].numpy() for k in ("mean", "std", "x_true", "y_obs") if item.get(k) is not None}
@@ -211,10 +224,12 @@ class PredictionWriter(BasePredictionWriter):
                   "checks": item.get("checks", {}), "calibration": item.get("calibration"), "files": files}
         atomic_write(self.path(sid, ".json"), lambda f: f.write(json_bytes(record)))   # last: marks completion
         self.path(sid, ".failed.json").unlink(missing_ok=True)
+        self._drop_checkpoint(sid)
 
     def write_failure(self, item: dict[str, Any]) -> None:
         record = {k: v for k, v in item.items() if k not in HEAVY_KEYS and k != "failed"}
         atomic_write(self.path(item["id"], ".failed.json"), lambda f: f.write(json_bytes(record)))
+        self._drop_checkpoint(item["id"])
 
     def write_on_batch_end(self, trainer: Trainer, pl_module: LightningModule, prediction: Any,
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
@@ -224,6 +239,9 @@ class PredictionWriter(BasePredictionWriter):
             self._seen.append(sid)
             if item.get("skipped"):
                 self._event("skipped", sid)
+                continue
+            if item.get("shared"):          # sample_parallel: rank 0 writes the item
+                self._event("shared", sid)
                 continue
             if item.get("failed"):
                 self.write_failure(item)

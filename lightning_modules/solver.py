@@ -8,8 +8,13 @@ batch on its own: the item's operator (``operator_for(operator, id)``: random ma
 the id), one sampler call for ``num_samples`` posterior draws with a generator seeded from ``(seed, id)``,
 the posterior mean and std (``posterior_stats``), the metrics (``diffinv.metrics``), the sampler's cost and
 the wall time. Items whose results are already complete on disk (asked of the ``PredictionWriter``) are
-skipped before sampling, so a re-run redoes nothing. ``predict_step`` calls no collectives (Lightning's
-predict sampler may give ranks unequal numbers of batches).
+skipped before sampling, so a re-run redoes nothing. Data-parallel (the default under DDP: each rank its own
+items), ``predict_step`` calls no collectives (Lightning's predict sampler may give ranks unequal numbers of
+batches). With ``sample_parallel`` every rank works on every item instead and shares its draws
+(``sample_parallel.py``): an independent sampler's draws are split over the ranks in blocks, an ensemble sampler's
+particles (EnKG, EKI) are split over them, and rank 0 gathers the draws and returns the item (the others return a
+``shared`` marker, so the writer writes it once). ``checkpoint_every`` saves a resumable sampler's ensemble every
+that many steps (``ensemble_checkpoint.py``).
 
 The run's settings (``run_signature``: sampler and its arguments, samples, seeds, prior, checkpoint, operator)
 become its hyper-parameters in ``setup``, for the loggers only (hparams.yaml, TensorBoard's HPARAMS view):
@@ -33,7 +38,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from datamodules.base import operator_for, sample_seed
+from datamodules.base import operator_for
 from diffinv.calibration import calibration
 from diffinv.metrics import check_metric_names, default_metrics, problem_kind
 from diffinv.metrics import evaluate as evaluate_metrics
@@ -41,9 +46,12 @@ from diffinv.operators.base import Operator
 from diffinv.priors.base import Prior
 from diffinv.priors.description import check_problem
 from diffinv.priors.pixel import PixelPrior
-from diffinv.samplers.base import Sampler, posterior_stats
+from diffinv.samplers.base import Sampler, posterior_stats, real_dtype
+from diffinv.samplers.particles import ShardedParticles
 
+from . import sample_parallel as sp
 from .diagnosis import Trajectory, failure_record, misfit_check
+from .ensemble_checkpoint import SUFFIX, EnsembleCheckpoint, fingerprint
 from .panels import measurement_view, panel_info
 
 log = logging.getLogger(__name__)
@@ -98,12 +106,22 @@ class InverseProblemSolver(LightningModule):
         network, checkpoint, parameterization: instead of ``prior``, what a ``configs/prior/*.yaml`` prior config
             gives: the network and the weights to load into it; the prior is then
             ``PixelPrior(network, checkpoint, parameterization)``.
+        sample_parallel: every rank works on every item, each making its share of the ``num_samples`` draws (an
+            ensemble sampler: its share of the particles); rank 0 writes the item (``sample_parallel.py``). Needs
+            every rank to see every item (``--trainer.use_distributed_sampler false``; the CLI sets it).
+        samples_per_call: draws per sampler call (blocks with their own generator streams); ``None``:
+            ``num_samples`` (one call), or 1 under ``sample_parallel``. The draws depend on it, never on the number
+            of ranks. Ensemble samplers take all their particles in one call.
+        checkpoint_every: save the ensemble of a resumable sampler (EnKG) every this many steps, per item, in
+            ``<id>.ensemble.pt`` next to the results; a re-run resumes the item from it with the same result as an
+            uninterrupted run. ``None``: no checkpoints.
     """
 
     def __init__(self, prior: Prior | None = None, sampler: Sampler | None = None, num_samples: int = 4,
                  seed: int = 0, metrics: list[str] | None = None, operator: Operator | None = None,
                  progress_bar: bool = True, on_failure: str = "continue", network: torch.nn.Module | None = None, checkpoint: str | None = None,
-                 parameterization: str = "auto"):
+                 parameterization: str = "auto", sample_parallel: bool = False, samples_per_call: int | None = None,
+                 checkpoint_every: int | None = None):
         super().__init__()
         if sampler is None:
             raise ValueError("InverseProblemSolver: no sampler; add a sampler config "
@@ -134,6 +152,22 @@ class InverseProblemSolver(LightningModule):
         if on_failure not in ("continue", "stop"):
             raise ValueError(f"InverseProblemSolver: on_failure must be 'continue' or 'stop', got {on_failure!r}.")
         self.on_failure = on_failure
+        for name, value in (("samples_per_call", samples_per_call), ("checkpoint_every", checkpoint_every)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"InverseProblemSolver: {name} must be an int >= 1 or None, got {value!r}.")
+        if sampler.interacting and samples_per_call is not None and samples_per_call < num_samples:
+            raise ValueError(f"InverseProblemSolver: the {num_samples} draws of {type(sampler).__name__} are one "
+                             f"ensemble and cannot be made {samples_per_call} at a time (samples_per_call); to spread "
+                             f"them over processes use sample_parallel: true.")
+        if sample_parallel and sampler.interacting and not sampler.shardable:
+            raise ValueError(f"InverseProblemSolver: {type(sampler).__name__}'s particles interact and it cannot split "
+                             f"them over ranks, so it cannot run sample_parallel.")
+        if checkpoint_every is not None and not sampler.resumable:
+            raise ValueError(f"InverseProblemSolver: {type(sampler).__name__} does not save its state "
+                             f"(checkpoint_every); samplers that do: EnKG.")
+        self.sample_parallel = bool(sample_parallel)
+        self.samples_per_call = samples_per_call
+        self.checkpoint_every = checkpoint_every
         # kept out of the module tree: the operator is not part of the solver's state_dict
         self._ops: dict[str, Operator | None] = {"override": operator, "active": None}
 
@@ -187,10 +221,28 @@ class InverseProblemSolver(LightningModule):
             return {k: v for k, v in sorted(vars(obj).items()) if not k.startswith("_")
                     and isinstance(v, (int, float, str, bool, type(None), tuple, list))}
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        return {"sampler": type(self.sampler).__name__, "sampler_args": simple(self.sampler),
-                "num_samples": self.num_samples, "seed": self.seed, "prior": type(self.prior).__name__,
-                "checkpoint": str(getattr(self.prior, "checkpoint", None)), "operator": repr(self.operator),
-                "data_seed": getattr(dm, "seed", None)}
+        sig = {"sampler": type(self.sampler).__name__, "sampler_args": simple(self.sampler),
+               "num_samples": self.num_samples, "seed": self.seed, "prior": type(self.prior).__name__,
+               "checkpoint": str(getattr(self.prior, "checkpoint", None)), "operator": repr(self.operator),
+               "data_seed": getattr(dm, "seed", None)}
+        if self.per_call < self.num_samples:          # the draws' streams (one-call runs keep their old run.json)
+            sig["samples_per_call"] = self.per_call
+        return sig
+
+    # ------------------------------------------------------------------ how the draws are shared
+    @property
+    def per_call(self) -> int:
+        """Draws per sampler call (``sample_parallel.py``)."""
+        if self.sampler.interacting:
+            return self.num_samples
+        if self.samples_per_call is not None:
+            return min(self.samples_per_call, self.num_samples)
+        return 1 if self.sample_parallel else self.num_samples
+
+    @property
+    def shares_items(self) -> bool:
+        """Every rank works on every item (sample_parallel on more than one process)."""
+        return self.sample_parallel and self._trainer is not None and self.trainer.world_size > 1 and sp.distributed()
 
     # ------------------------------------------------------------------ solving
     def _writer(self):
@@ -270,33 +322,87 @@ class InverseProblemSolver(LightningModule):
         log.error("%s", failure["message"])
         if self.on_failure == "stop":
             writer = self._writer() if self._trainer is not None else None
-            if writer is not None:
+            if writer is not None and (self.global_rank == 0 or not self.shares_items):
                 writer.write_failure(failure)
             raise RuntimeError(failure["message"] + " (model.init_args.on_failure: stop; 'continue' records "
                                "failures and goes on with the next item)") from err
+        if self.shares_items and self.global_rank != 0:
+            return {"id": failure["id"], "shared": True, "rank": self.global_rank}
         return failure
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _cost(self) -> dict[str, int]:
+        cost = self.sampler.cost
+        return {k: int(v) for k, v in (dataclasses.asdict(cost) if dataclasses.is_dataclass(cost)
+                                       else vars(cost)).items()}
+
+    def _checkpoint(self, sample_id: str) -> EnsembleCheckpoint | None:
+        writer = self._writer() if self._trainer is not None else None
+        if self.checkpoint_every is None or writer is None or writer.output_dir is None:
+            return None
+        return EnsembleCheckpoint(writer.path(sample_id, SUFFIX), self.checkpoint_every,
+                                  fingerprint(json.loads(json.dumps(self.run_signature(), default=str)), sample_id),
+                                  write=self.global_rank == 0 or not self.shares_items, ignore_saved=writer.overwrite,
+                                  event=writer.record_event, shared=self.shares_items)
+
+    def _draw(self, sample_id: str, y_obs: Tensor, op: Operator, callback) -> tuple[Tensor, dict[str, int]]:
+        """All ``num_samples`` draws of the item, sample-major, and the cost of making them (summed over ranks)."""
+        checkpoint = self._checkpoint(sample_id)
+        if self.shares_items and self.sampler.shardable:          # one ensemble split over the ranks
+            particles = ShardedParticles(self.num_samples)
+            error = None
+            try:
+                local = self.sampler.sample(y_obs, op, self.prior, num_samples=self.num_samples,
+                                            generator=self._generator(sp.block_seed(self.seed, sample_id, 0)),
+                                            callback=callback, particles=particles, checkpoint=checkpoint)
+            except Exception as err:      # noqa: BLE001 - every rank learns of it below
+                error = err
+            sp.raise_if_any_failed(error)
+            return particles.collect(local, y_obs.shape[0]), sp.summed(sp.all_ranks(self._cost()))
+        plan = sp.blocks(self.num_samples, self.per_call)
+        world = self.trainer.world_size if self.shares_items else 1
+        mine = sp.rank_blocks(len(plan), world)[self.global_rank if self.shares_items else 0]
+        draws, costs, error = [], [], None
+        try:
+            for k in mine:
+                kwargs = {"checkpoint": checkpoint} if checkpoint is not None and len(plan) == 1 else {}
+                draws.append(self.sampler.sample(y_obs, op, self.prior, num_samples=plan[k][1],
+                                                 generator=self._generator(sp.block_seed(self.seed, sample_id, k)),
+                                                 callback=callback, **kwargs))
+                costs.append(self._cost())
+        except Exception as err:          # noqa: BLE001
+            if not self.shares_items:
+                raise
+            error = err
+        if not self.shares_items:
+            return torch.cat(draws), sp.summed(costs)
+        sp.raise_if_any_failed(error)
+        counts = [sum(plan[k][1] for k in r) for r in sp.rank_blocks(len(plan), world)]
+        layout = ShardedParticles(self.num_samples, pieces=[(sum(counts[:i]), c) for i, c in enumerate(counts)])
+        local = torch.cat(draws) if draws else y_obs.new_empty((0, *op.input_shape), dtype=real_dtype(y_obs))
+        return layout.collect(local, y_obs.shape[0]), sp.summed(sp.all_ranks(sp.summed(costs)))
 
     def _solve(self, sample_id: str, x_true: Tensor, y_obs: Tensor, trajectory: Trajectory) -> dict[str, Any]:
         op = operator_for(self.operator, sample_id)
         device = self.device
-        g = torch.Generator(device=device).manual_seed(sample_seed(self.seed, f"{sample_id}/sampler"))
         callback, close = self._callback(sample_id, trajectory)
         t0 = time.perf_counter()
         try:
             with torch.no_grad(), self._stop_on_sigterm():
-                samples = self.sampler.sample(y_obs, op, self.prior, num_samples=self.num_samples, generator=g,
-                                              callback=callback)
+                samples, cost = self._draw(sample_id, y_obs, op, callback)
         finally:
             close()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
+        if self.shares_items and self.global_rank != 0:        # rank 0 evaluates and returns the item
+            return {"id": sample_id, "shared": True, "rank": self.global_rank}
         if not torch.isfinite(samples).all():
             bad = int((~torch.isfinite(samples.reshape(samples.shape[0], -1))).any(1).sum())
             trajectory.last = float("nan")
             raise FloatingPointError(f"{bad} of {samples.shape[0]} returned samples are not finite")
-        cost = dataclasses.asdict(self.sampler.cost) if dataclasses.is_dataclass(self.sampler.cost) \
-            else dict(vars(self.sampler.cost))
         mean, std = posterior_stats(samples, self.num_samples)
         with self._stop_on_sigterm():
             metrics = evaluate_metrics(self.metric_names, samples, x_true, y_obs, op, mean=mean)
@@ -312,7 +418,7 @@ class InverseProblemSolver(LightningModule):
         cpu = lambda t: None if t is None else t.detach().float().cpu()  # noqa: E731
         return {"id": sample_id, "samples": cpu(samples), "mean": cpu(mean[0]), "std": cpu(std[0]),
                 "x_true": cpu(x_true[0]), "y_obs": cpu(y_obs[0]), "y_view": cpu(y_view), "y_label": y_label,
-                "metrics": metrics, "cost": {k: int(v) for k, v in cost.items()}, "seconds": seconds,
+                "metrics": metrics, "cost": cost, "seconds": seconds,
                 "num_samples": self.num_samples, "sampler": type(self.sampler).__name__,
                 "kind": problem_kind(self.operator), "panel": panel_info(op, y_obs), "rank": self.global_rank, "checks": checks,
                 "calibration": calibration(samples, x_true)}
@@ -323,8 +429,13 @@ class InverseProblemSolver(LightningModule):
         errors = batch.get("error") or [None] * len(batch["id"])
         for i, sample_id in enumerate(batch["id"]):
             self._check_sigterm()
-            if writer is not None and writer.status(sample_id) is not None:
-                log.info("skipping %s: it is %s", sample_id, writer.status(sample_id))
+            status = None
+            if writer is not None and (self.global_rank == 0 or not self.shares_items):
+                status = writer.status(sample_id)
+            if self.shares_items:
+                status = sp.same_item(sample_id, status)      # every rank at this item, rank 0's verdict
+            if status is not None:
+                log.info("skipping %s: it is %s", sample_id, status)
                 results.append({"id": sample_id, "skipped": True})
                 continue
             if errors[i] is not None:        # the DataModule could not load or measure this item

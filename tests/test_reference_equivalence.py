@@ -67,10 +67,14 @@ def spectral_problem(singulars, d: int, sigma_y: float, seed: int = 0):
 
 
 def tape_for(monkeypatch, *modules: str, diffusion: bool = False) -> ru.NoiseTape:
-    """Route the ``randn`` of the given ``diffinv.samplers`` modules (and ``diffinv.diffusion._randn``) to one tape."""
+    """Route the ``randn`` of the given ``diffinv.samplers`` modules (and ``diffinv.diffusion._randn``) to one tape;
+    ensemble samplers (EnKG, EKI) draw through their particles (``diffinv.samplers.particles``)."""
     tape = ru.NoiseTape()
     for m in modules:
-        monkeypatch.setattr(f"diffinv.samplers.{m}.randn", tape.randn)
+        if m in ("enkg", "eki"):
+            monkeypatch.setattr("diffinv.samplers.particles._randn", tape.randn)
+        else:
+            monkeypatch.setattr(f"diffinv.samplers.{m}.randn", tape.randn)
     if diffusion:
         monkeypatch.setattr("diffinv.diffusion._randn", tape.randn_like)
     return tape

@@ -70,6 +70,36 @@ def test_legacy_cli(capsys, workers):
     assert cmd[:3] == ["runai", "submit", "old1"]
 
 
+PREDICT = ["--", "--config", "configs/prior/ns64.yaml", "--config", "configs/problem/ns_sub4.yaml", "--config",
+           "configs/sampler/enkg.yaml"]
+SHARE = "--model.init_args.sample_parallel=true --trainer.use_distributed_sampler=false"
+
+
+def test_sample_parallel_distributed_predict(capsys):
+    argv = ["predict", "one", *COMMON, "--workers", "1", "--gpus", "8", "--sample-parallel", *PREDICT]
+    assert load().main([*argv[:argv.index("--")], "--dry-run", *argv[argv.index("--"):]]) == 0
+    head, line = capsys.readouterr().out.strip().splitlines()
+    assert "all 16 ranks work on each item" in head
+    cmd = shlex.split(line)
+    assert cmd[:5] == ["runai", "training", "pytorch", "submit", "one"]
+    assert (f"-m lightning_modules.cli predict --config configs/prior/ns64.yaml --config configs/problem/ns_sub4.yaml "
+            f"--config configs/sampler/enkg.yaml {SHARE} --trainer.num_nodes=") in cmd[-1]
+
+
+def test_sample_parallel_one_pod(capsys):
+    script = dry_run(capsys, "predict", "one", *COMMON, "--gpus", "4", "--sample-parallel", *PREDICT)[-1]
+    assert "diffinv predict --config configs/prior/ns64.yaml" in script
+    assert f"{SHARE} --trainer.devices=4 --trainer.accelerator=gpu --trainer.strategy=ddp" in script
+    plain = dry_run(capsys, "predict", "one", *COMMON, "--gpus", "4", *PREDICT)[-1]
+    assert "sample_parallel" not in plain
+
+
+def test_sample_parallel_is_for_predict(capsys):
+    with pytest.raises(SystemExit):
+        load().main(["fit", "x", *COMMON, "--sample-parallel", "--dry-run", *CONFIG])
+    assert "--sample-parallel is a predict option" in capsys.readouterr().err
+
+
 def test_configs_are_required(capsys):
     with pytest.raises(SystemExit):
         load().main(["fit", "x", *COMMON, "--dry-run"])

@@ -6,6 +6,18 @@ generator, callback)`` returns ``[num_samples * B, ...]`` posterior samples in s
 what it spent in ``self.cost`` (reset at every call) and declares what it needs from the operator and
 the prior in ``requires``; ``check(operator, prior)`` fails fast, before any work, naming the algorithm,
 the missing capability and the algorithms that would work.
+
+Two run options reach the samplers that declare them:
+
+* ``particles`` (a ``diffinv.samplers.particles.ShardedParticles``; samplers with ``shardable = True``): the
+  ensemble of ``num_samples`` particles is split over the ranks of a ``torch.distributed`` group; each rank
+  passes the same ``y`` and an identically seeded generator, and gets back its own particles
+  (``[particles.count * B, ...]``), the same as those rows of the one-process result up to round-off.
+* ``checkpoint`` (``diffinv.samplers.resume``; samplers with ``resumable = True``): the sampler's state is saved
+  every ``checkpoint.every`` steps and a saved state is resumed, with the same result as an uninterrupted run.
+
+``interacting = True`` marks samplers whose draws are not independent (an ensemble): they cannot be drawn in
+separate calls of fewer samples.
 """
 from __future__ import annotations
 
@@ -48,6 +60,9 @@ def capabilities(operator: Operator, prior=None) -> set[str]:
 
 class Sampler:
     requires: ClassVar[frozenset[str]] = frozenset()
+    interacting: ClassVar[bool] = False      # the draws form one ensemble (see the module docstring)
+    shardable: ClassVar[bool] = False        # takes ``particles``: the ensemble split over ranks
+    resumable: ClassVar[bool] = False        # takes ``checkpoint``: saves and resumes its state
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -68,12 +83,26 @@ class Sampler:
                              f"it needs {needs}. Samplers that work here: {', '.join(works) or 'none'}.")
 
     def sample(self, y: Tensor, operator: Operator, prior, num_samples: int = 1,
-               generator: torch.Generator | None = None, callback: Callback | None = None) -> Tensor:
+               generator: torch.Generator | None = None, callback: Callback | None = None, *,
+               particles=None, checkpoint=None) -> Tensor:
         self.check(operator, prior)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        run = {}
+        if particles is not None:
+            if not self.shardable:
+                raise ValueError(f"{type(self).__name__} cannot split its samples over ranks (particles=); "
+                                 f"samplers that can: {', '.join(sorted(n for n, c in SAMPLERS.items() if c.shardable))}")
+            if particles.total != num_samples:
+                raise ValueError(f"particles describe {particles.total} particles, num_samples is {num_samples}")
+            run["particles"] = particles
+        if checkpoint is not None:
+            if not self.resumable:
+                raise ValueError(f"{type(self).__name__} does not save its state (checkpoint=); samplers that do: "
+                                 f"{', '.join(sorted(n for n, c in SAMPLERS.items() if c.resumable))}")
+            run["checkpoint"] = checkpoint
         self.cost = Cost()
-        out = self._sample(y, operator, prior, num_samples, generator, callback)
+        out = self._sample(y, operator, prior, num_samples, generator, callback, **run)
         if not bool(torch.isfinite(out).all()):
             raise FloatingPointError(f"{type(self).__name__} produced NaN/Inf samples; lower the step size or guidance "
                                      f"scale, or check the measurement and the noise level.")

@@ -18,6 +18,11 @@ final ensemble.
 InverseBench's copy differs: no perturbed observations and no Gamma, a step ``lr / ||C||_F`` as in EnKG's
 reference update, 500 iterations and no stopping rule; its initial ensemble is a Gaussian random field.
 Requires Gaussian measurement noise (the perturbations need Gamma).
+
+Across ranks (``particles=ShardedParticles(N)``): each rank moves its own members; the mean, the draws and the
+Kalman update are those of ``diffinv.samplers.particles`` / ``ensemble.kalman_perturbed`` (one all-gather of
+``N (d + 2 m)`` values per iteration, an all-reduce of the mean); every rank evaluates the mean's misfit itself,
+so all stop at the same iteration. ``init="prior"`` is refused there (every rank would draw the whole ensemble).
 """
 from __future__ import annotations
 
@@ -27,10 +32,11 @@ import torch
 from torch import Tensor
 
 from ..operators.noise import GaussianNoise
-from .base import Sampler, randn, real_dtype, repeat_measurement
+from .base import Sampler, real_dtype, repeat_measurement
 from .baselines import _FittedGaussian
 from .ensemble import as_real, kalman_perturbed, misfit_gradient
 from .gaussian_fit import prior_draws
+from .particles import LocalParticles
 
 
 class EKI(_FittedGaussian, Sampler):
@@ -46,6 +52,7 @@ class EKI(_FittedGaussian, Sampler):
 
     requires = frozenset()
     baseline = True
+    interacting = shardable = True
 
     def __init__(self, num_iterations: int = 50, dt: float = 1.0, tau: float | None = 1.0, init: str = "gaussian",
                  fit_samples: int = 64):
@@ -59,19 +66,23 @@ class EKI(_FittedGaussian, Sampler):
         self.iterations_run = 0
 
     @torch.no_grad()
-    def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
+    def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback, particles=None) -> Tensor:
         if not isinstance(operator.noise, GaussianNoise) or operator.sigma <= 0:
             raise ValueError(f"EKI perturbs the data with the noise covariance: it needs GaussianNoise with sigma > 0, "
                              f"got {type(operator.noise).__name__} (sigma {operator.sigma}); use EnKG for other "
                              f"noise models.")
         if num_samples < 2:
             raise ValueError("EKI: the ensemble needs num_samples >= 2 members")
-        n, b = num_samples, y.shape[0]
+        particles = particles or LocalParticles(num_samples)
+        n, b = particles.count, y.shape[0]
         dtype = real_dtype(y)
         shape = tuple(operator.input_shape)
         if self.init == "gaussian":
             gauss = self.gaussian(prior, shape, torch.zeros((), dtype=dtype, device=y.device), generator)
-            u = gauss.color(randn((n * b, *shape), generator, like=y, dtype=dtype))
+            u = gauss.color(particles.randn((n * b, *shape), generator, like=y, dtype=dtype))
+        elif particles.sharded:
+            raise ValueError("EKI: init='prior' draws the whole ensemble with the prior's network on every rank; "
+                             "use init='gaussian' when the ensemble is split over ranks")
         else:
             u = prior_draws(prior, shape, n * b, generator).to(dtype)
             self.cost.nfe += 35 * math.ceil(n * b / 64)
@@ -79,19 +90,24 @@ class EKI(_FittedGaussian, Sampler):
         target = None if self.tau is None else self.tau * y[0].numel() / 2
         sigma = float(operator.sigma)
         self.iterations_run = 0
-        for it in range(self.num_iterations):
-            mean = u.reshape(n, b, *shape).mean(0)
-            out = operator(torch.cat([u, mean]))                    # the ensemble and its mean in one call
-            self.cost.forward_calls += 1
-            y_hat, y_mean = out[: n * b], out[n * b:]
-            if target is not None and bool((operator.loss(y_mean, y) <= target).all()):
-                break                                                # discrepancy principle (Iglesias 2016)
-            e = as_real(misfit_gradient(operator, y_hat, y_rep)).reshape(n, b, -1)
-            xi = randn(e.shape, generator, like=e)
-            noise_white = xi / (sigma * math.sqrt(self.dt))          # Gamma^-1 eta, eta ~ N(0, sigma^2 I / dt)
-            u = kalman_perturbed(u.reshape(n, b, -1), as_real(y_hat).reshape(n, b, -1), e, self.dt,
-                                 noise_white).reshape(u.shape)
-            self.iterations_run = it + 1
-            if callback is not None:
-                callback(it, self.num_iterations, u)
+        with particles.run():
+            for it in range(self.num_iterations):
+                mean = particles.mean(u.reshape(n, b, *shape))[0]
+
+                def forward(u=u, mean=mean):
+                    self.cost.forward_calls += 1
+                    return (operator(torch.cat([u, mean])),)        # the ensemble and its mean in one call
+
+                (out,) = particles.guard(forward, ((n + 1) * b, *y.shape[1:]), like=y)
+                y_hat, y_mean = out[: n * b], out[n * b:]
+                if target is not None and bool((operator.loss(y_mean, y) <= target).all()):
+                    break                                            # discrepancy principle (Iglesias 2016)
+                e = as_real(misfit_gradient(operator, y_hat, y_rep)).reshape(n, b, -1)
+                xi = particles.randn(e.shape, generator, like=e)
+                noise_white = xi / (sigma * math.sqrt(self.dt))      # Gamma^-1 eta, eta ~ N(0, sigma^2 I / dt)
+                u = kalman_perturbed(u.reshape(n, b, -1), as_real(y_hat).reshape(n, b, -1), e, self.dt,
+                                     noise_white, particles).reshape(u.shape)
+                self.iterations_run = it + 1
+                if callback is not None:
+                    callback(it, self.num_iterations, u)
         return u

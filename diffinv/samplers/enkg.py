@@ -41,6 +41,49 @@ Euler ODE step by the ancestral step of the VE process, ``x' = D + r (x - D) + s
 ``r = (sigma' / sigma)^2``, whose fresh noise moves the ensemble out of the fixed (N - 1)-dimensional subspace the
 deterministic flow keeps it in; ``relaxation`` is the relaxation-to-prior-spread factor of
 ``diffinv.samplers.ensemble.relax_spread`` against the spurious shrinkage of unobserved coordinates.
+
+One ensemble over many processes (``particles=ShardedParticles(N)``, ``diffinv.samplers.particles``). Rank r holds
+the particles ``I_r`` (``n_r ~ N / R`` of them) and runs their network and forward-model calls, batched, on its
+own device; every rank passes the same measurement and an identically seeded generator. The update is the
+one-process update, with the sums over particles spread over the ranks:
+
+* the random draws (initial noise, the ancestral steps' noise) are drawn for all N particles on every rank,
+  each keeping its rows, so particle n gets the same noise whatever R;
+* reference update: one all-gather of every particle's ``[x_m | yh_m]`` (``d + m`` values each). Every rank then
+  has ``mean(x)``, ``mean(yh)`` and all deviations, forms its rows ``C[I_r, :] = e_{I_r} (yh - mean yh)^T / N``
+  and its particles' step ``C[I_r, :] (x - mean x)``; ``||C||_F^2`` is the all-reduced sum of the rows' squares
+  (B values). Kalman update: the same all-gather with the misfit gradients too (``d + 2 m`` values); every rank
+  forms the same N x N ``S``, its square root and the mean shift, and applies its columns of the transform
+  (``kalman_analysis``); the relaxation all-reduces 4 vectors of d values (means and squared deviations before
+  and after).
+
+Why this exchange: the step of a particle is ``sum_m C_nm (x_m - mean x)``, a sum over *all* particles' states,
+so every rank needs either all deviations (an all-gather, ``(R - 1) / R N d`` values received) or the partial
+products of the others (a reduce-scatter of ``C[:, I_r'] X_{r'}``, the same volume, plus an all-gather of the
+misfit gradients for C's columns and an all-reduce of the means first: three collectives instead of one).
+Gathering the predictions ``yh`` (``N m``) is what C's rows need. The alternative that avoids ``N d``, the
+all-reduced cross-covariance ``K = (yh - mean yh)^T (x - mean x) / N`` (``m x d``, with ``||C||_F`` from two
+``m x m`` Gram matrices), moves more unless ``m`` is small next to N (``2 (m d + 2 m^2) < N (d + m)``).
+
+Message sizes for N = 2048 particles at 128 x 128 (d = 16384) with m = 4096 observations, B = 1, on R = 8 ranks
+(256 particles each), float32: a reference update all-gathers 2048 x 20480 = 41.9 M values (168 MB); each rank
+receives 7 x 256 x 20480 x 4 B = 146.8 MB, and 8 bytes of the norm's all-reduce. A Kalman update receives
+7 x 256 x 24576 x 4 B = 176.2 MB (+ 0.46 MB for the relaxation). The reference schedule (80 steps, guidance on
+71 of them, 2 updates each) makes 142 updates: 20.8 GB per rank per sample, about 0.1 s at the 200 GB/s of one
+node's NVLink and 7 s at 3 GB/s between nodes, against hours of network calls. Each rank holds the gathered
+``N (d + m)`` values (168 MB) during an update; float64 doubles every figure. ``particles.traffic`` counts the
+bytes each rank receives (``scripts/benchmark_distributed.py`` prints them).
+
+A failure in one rank's forward model or denoiser would leave the other ranks waiting in the next collective:
+that rank records the error and goes on with NaN particles and no network calls, the NaN reaches every rank
+through the gathered statistics, and every rank fails at the end (the failing rank with its own error;
+``particles.guard`` / ``particles.run``). There is no host synchronisation in the step loop besides the
+collectives themselves.
+
+Checkpoints (``checkpoint=``, ``diffinv.samplers.resume``): after every ``checkpoint.every``-th step the whole
+ensemble (gathered), the generator's state and the cost so far are saved; a run started with a saved state
+continues from the step after it and ends with exactly the particles of an uninterrupted run (on any number of
+ranks, up to round-off when it differs from the saving run's).
 """
 from __future__ import annotations
 
@@ -48,8 +91,10 @@ import torch
 from torch import Tensor
 
 from ..diffusion import EDMSDE, karras_sigmas, solve_sde
-from .base import Sampler, randn, real_dtype, repeat_measurement
+from . import resume
+from .base import Sampler, real_dtype, repeat_measurement
 from .ensemble import as_real, kalman_analysis, misfit_gradient, relax_spread
+from .particles import LocalParticles
 
 
 # Particles per network call by device, measured (scripts/benchmark_networks.py, scripts/benchmark_samplers.py): on
@@ -82,6 +127,7 @@ class EnKG(Sampler):
     """
 
     requires = frozenset()
+    interacting = shardable = resumable = True
 
     def __init__(self, num_steps: int = 80, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
                  guidance_scale: float = 2.0, num_updates: int = 2, start: float = 0.05, end: float = 0.05,
@@ -157,49 +203,71 @@ class EnKG(Sampler):
 
     # ------------------------------------------------------------------ the Kalman update
     def _update(self, x: Tensor, y: Tensor, operator, prior, sigma: Tensor, num_ode: int, lr: float,
-                n: int, b: int) -> Tensor:
-        x0 = self._predict_x0(prior, x, sigma, num_ode)                       # Alg. 1: x0 prediction per particle
-        y_hat = operator(x0)                                                  # one batched forward-model call
-        self.cost.forward_calls += 1
-        e = as_real(misfit_gradient(operator, y_hat, y)).reshape(n, b, -1)    # [N, B, m]
-        yh = as_real(y_hat).reshape(n, b, -1)
+                particles, b: int) -> Tensor:
+        n = particles.count
+
+        def predict() -> tuple[Tensor, Tensor]:
+            x0 = self._predict_x0(prior, x, sigma, num_ode)                   # Alg. 1: x0 prediction per particle
+            y_hat = operator(x0)                                              # one batched forward-model call
+            self.cost.forward_calls += 1
+            e = as_real(misfit_gradient(operator, y_hat, y)).reshape(n, b, -1)   # [N, B, m]
+            return as_real(y_hat).reshape(n, b, -1), e
+
+        pred_shape = (n, b, as_real(y[:1]).numel())
+        yh, e = particles.guard(predict, pred_shape, pred_shape, like=x)
         xs = x.reshape(n, b, -1)
         if self.update == "kalman":
-            out = kalman_analysis(xs, yh, e, self.tempering())
-            return relax_spread(xs, out, self.relaxation).reshape(x.shape)
-        yd = yh - yh.mean(0, keepdim=True)                                    # yh_m - mean(yh)
-        xd = xs - xs.mean(0, keepdim=True)                                    # x_m - mean(x)
-        coef = torch.einsum("nbk,mbk->bnm", e, yd) / n                        # C = e (yh - mean yh)^T / N   [B, N, N]
+            out = kalman_analysis(xs, yh, e, self.tempering(), particles)
+            return relax_spread(xs, out, self.relaxation, particles).reshape(x.shape)
+        xa, yha = particles.gather(xs, yh)                                    # every particle's x and yh
+        yd = yha - yha.mean(0, keepdim=True)                                  # yh_m - mean(yh)
+        xd = xa - xa.mean(0, keepdim=True)                                    # x_m - mean(x)
+        coef = torch.einsum("nbk,mbk->bnm", e, yd) / particles.total          # C = e (yh - mean yh)^T / N [B, n, N]
         dx = torch.einsum("bnm,mbd->nbd", coef, xd)                           # C (x - mean x)
-        norm = torch.linalg.matrix_norm(coef).clamp_min(torch.finfo(coef.dtype).tiny)   # ||C||_F per measurement
+        norm = particles.row_norm(coef).clamp_min(torch.finfo(coef.dtype).tiny)   # ||C||_F per measurement
         return (xs - (lr / norm).view(1, b, 1) * dx).reshape(x.shape)
 
-    def _step(self, x: Tensor, d: Tensor, s: Tensor, s_next: Tensor, generator) -> Tensor:
+    def _step(self, x: Tensor, d: Tensor, s: Tensor, s_next: Tensor, generator, particles) -> Tensor:
         """One step of the prior's flow from sigma s to s_next, given D(x, s)."""
         if s_next == 0:
             return d
         if self.stochastic:                                                   # ancestral VE step
             r = (s_next / s) ** 2
-            return d + r * (x - d) + s_next * (1 - r).sqrt() * randn(x.shape, generator, like=x)
+            return d + r * (x - d) + s_next * (1 - r).sqrt() * particles.randn(x.shape, generator, like=x)
         return x + (s_next - s) * (x - d) / s                                 # EDM Alg. 1 (Euler, no Heun correction)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
-        n, b = num_samples, y.shape[0]
-        if self.update == "kalman" and n < 2:
+    def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback, particles=None,
+                checkpoint=None) -> Tensor:
+        particles = particles or LocalParticles(num_samples)
+        n, b = particles.count, y.shape[0]
+        if self.update == "kalman" and num_samples < 2:
             raise ValueError("EnKG: the Kalman update needs num_samples >= 2 particles")
         dtype = real_dtype(y)
         y_rep = repeat_measurement(y, n)
         # the grid stays on the host (0-dim host tensors mix with device tensors; branching on them never syncs)
         sigmas = karras_sigmas(self.num_steps, self.sigma_min, self.sigma_max, self.rho).to(dtype)
-        x = randn((n * b, *operator.input_shape), generator, like=y, dtype=dtype) * sigmas[0]   # N(0, sigma_max^2 I)
-        for i in range(self.num_steps):
-            s, s_next = sigmas[i], sigmas[i + 1]
-            if self.guided(i):
-                for _ in range(self.num_updates):
-                    x = self._update(x, y_rep, operator, prior, s, self.ode_steps(i), self.lr(i), n, b)
-            x = self._step(x, self._denoise(prior, x, s), s, s_next, generator)
-            if callback is not None:
-                callback(i, self.num_steps, x)
+        shape = (n * b, *operator.input_shape)
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is not None:
+            like = torch.empty((), dtype=dtype, device=y.device)
+            first, full = resume.restore(saved, (num_samples * b, *operator.input_shape), self.num_steps, generator,
+                                         self.cost, like)
+            x = particles.split(full)
+        else:
+            first = 0
+            x = particles.randn(shape, generator, like=y, dtype=dtype) * sigmas[0]   # N(0, sigma_max^2 I)
+        with particles.run():
+            for i in range(first, self.num_steps):
+                s, s_next = sigmas[i], sigmas[i + 1]
+                if self.guided(i):
+                    for _ in range(self.num_updates):
+                        x = self._update(x, y_rep, operator, prior, s, self.ode_steps(i), self.lr(i), particles, b)
+                (d,) = particles.guard(lambda x=x, s=s: (self._denoise(prior, x, s),), x.shape, like=x)
+                x = self._step(x, d, s, s_next, generator, particles)
+                if callback is not None:
+                    callback(i, self.num_steps, x)
+                if resume.due(checkpoint, i, self.num_steps):
+                    checkpoint.save(resume.capture(i + 1, particles.collect(x), generator, self.cost))
         return x

@@ -15,11 +15,19 @@ Eqs. 14-25; the Woodbury form of the gain K = C_xy (C_yy + Gamma / beta)^-1):
 Gaussian noise model ``e_n = (yh_n - y) / sigma^2``, so ``Gamma^-1 Y = e - mean(e)`` and ``g = mean(e)`` exactly; for
 other noise models the same expressions are the secant (statistical) linearisation of the misfit. The analysis
 covariance ``X (I + beta S)^-1 X^T / (N - 1)`` equals ``C - C_xy (C_yy + Gamma / beta)^-1 C_yx``.
+
+Every function takes an optional ``particles`` (``diffinv.samplers.particles``): by default all members are in
+this process; with ``ShardedParticles`` the ensemble arguments hold this rank's members only, the members'
+states, predictions and misfit gradients are all-gathered once (``N (d + 2 m)`` values), every rank forms the
+same ``N x N`` matrices and updates its own members, and the result is that rank's rows of the one-process
+result (up to the order of floating-point sums).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .particles import LocalParticles
 
 
 def as_real(t: Tensor) -> Tensor:
@@ -35,19 +43,21 @@ def misfit_gradient(operator, y_hat: Tensor, y: Tensor) -> Tensor:
     return e
 
 
-def deviations(t: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean over members and deviations from it of an ensemble ``[N, B, k]``."""
-    mean = t.mean(0, keepdim=True)
+def deviations(t: Tensor, particles=None) -> tuple[Tensor, Tensor]:
+    """Mean over members (all ranks' with ``particles``) and deviations from it of an ensemble ``[N, B, k]``."""
+    mean = t.mean(0, keepdim=True) if particles is None else particles.mean(t)
     return mean, t - mean
 
 
-def kalman_analysis(x: Tensor, y_hat: Tensor, e: Tensor, beta: float | Tensor) -> Tensor:
+def kalman_analysis(x: Tensor, y_hat: Tensor, e: Tensor, beta: float | Tensor, particles=None) -> Tensor:
     """The tempered square-root Kalman analysis above. ``x [N, B, d]`` states, ``y_hat [N, B, m]`` their predictions,
     ``e [N, B, m]`` the misfit gradients at them; ``beta`` the likelihood's tempering (a float, or ``[B, N]``
-    weights per eigen-direction of S). Returns the analysed states ``[N, B, d]``."""
-    n = x.shape[0]
+    weights per eigen-direction of S). Returns the analysed states ``[N, B, d]`` (this rank's, with ``particles``)."""
+    particles = particles or LocalParticles(x.shape[0])
+    n = particles.total
     if n < 2:
         raise ValueError("kalman_analysis needs at least 2 ensemble members")
+    x, y_hat, e = particles.gather(x, y_hat, e)
     x_mean, xd = deviations(x)
     _, yd = deviations(y_hat)
     e_mean = e.mean(0)
@@ -60,21 +70,23 @@ def kalman_analysis(x: Tensor, y_hat: Tensor, e: Tensor, beta: float | Tensor) -
     w = torch.einsum("bnk,bk->bn", U, torch.einsum("bkn,bk->bn", U, yg) * beta / shrink)
     mean = x_mean[0] - torch.einsum("nbd,bn->bd", xd, w)
     T = torch.einsum("bnk,bk,bmk->bnm", U, shrink.rsqrt(), U)                  # (I + beta S)^-1/2
-    return mean[None] + torch.einsum("bmn,mbd->nbd", T, xd)
+    return mean[None] + torch.einsum("bmn,mbd->nbd", particles.own(T), xd)
 
 
-def kalman_perturbed(x: Tensor, y_hat: Tensor, e: Tensor, beta: float, noise_white: Tensor) -> Tensor:
+def kalman_perturbed(x: Tensor, y_hat: Tensor, e: Tensor, beta: float, noise_white: Tensor, particles=None) -> Tensor:
     """The stochastic (perturbed-observation) form of the same update (Evensen 1994; Iglesias, Law & Stuart 2013,
     Eq. 9): every member assimilates its own perturbed data ``y + eta_n``, ``eta_n ~ N(0, Gamma / beta)``, through
     the gain of the ensemble covariances, ``x_n <- x_n + X (I + beta S)^-1 beta Y^T Gamma^-1 (y + eta_n - yh_n) /
     (N - 1)``. ``noise_white`` is ``Gamma^-1 eta_n`` for each member ``[N, B, m]`` (for Gaussian noise of std sigma:
     ``xi / (sigma sqrt(beta))`` with ``xi ~ N(0, I)``); ``Gamma^-1 (y - yh_n) = -e_n``."""
-    n = x.shape[0]
+    particles = particles or LocalParticles(x.shape[0])
+    n = particles.total
     if n < 2:
         raise ValueError("kalman_perturbed needs at least 2 ensemble members")
-    _, xd = deviations(x)
-    _, yd = deviations(y_hat)
-    S = torch.einsum("nbk,mbk->bnm", yd, e - e.mean(0)) / (n - 1)
+    x_all, y_all, e_all = particles.gather(x, y_hat, e)
+    _, xd = deviations(x_all)
+    _, yd = deviations(y_all)
+    S = torch.einsum("nbk,mbk->bnm", yd, e_all - e_all.mean(0)) / (n - 1)
     lam, U = torch.linalg.eigh(0.5 * (S + S.transpose(1, 2)))
     lam = lam.clamp_min(0)
     innovation = torch.einsum("mbk,nbk->bmn", yd, noise_white - e) / (n - 1)     # Y^T Gamma^-1 (innovation_n)
@@ -82,15 +94,16 @@ def kalman_perturbed(x: Tensor, y_hat: Tensor, e: Tensor, beta: float, noise_whi
     return x + torch.einsum("jbd,bjn->nbd", xd, coef)
 
 
-def relax_spread(before: Tensor, after: Tensor, alpha: float) -> Tensor:
+def relax_spread(before: Tensor, after: Tensor, alpha: float, particles=None) -> Tensor:
     """Relaxation to prior spread (Whitaker & Hamill 2012, Eq. 3): scale each coordinate's deviations so that its
     std moves the fraction ``alpha`` back from the analysis spread towards the forecast spread. Counters the
     spurious shrinkage of unobserved coordinates that small ensembles suffer."""
     if alpha <= 0:
         return after
-    _, xd_b = deviations(before)
-    mean_a, xd_a = deviations(after)
-    s_b, s_a = xd_b.std(0, keepdim=True), xd_a.std(0, keepdim=True)
+    particles = particles or LocalParticles(before.shape[0])
+    _, xd_b = deviations(before, particles)
+    mean_a, xd_a = deviations(after, particles)
+    s_b, s_a = particles.spread(xd_b), particles.spread(xd_a)
     factor = torch.where(s_a > 0, 1 + alpha * (s_b - s_a) / s_a.clamp_min(torch.finfo(s_a.dtype).tiny),
                          torch.ones_like(s_a))
     return mean_a + xd_a * factor

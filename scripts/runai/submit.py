@@ -11,8 +11,18 @@
     python scripts/runai/submit.py predict ns-enkg -p myproject -i registry/diffinv:latest --gpus 4 \\
         --data-pvc datasets --output-pvc results -- --config configs/prior/ns64.yaml \\
         --config configs/problem/ns_sub4.yaml --config configs/sampler/enkg.yaml
+    # one item on 2 nodes x 8 GPUs: every rank works on it (EnKG's 2048 particles split over 16 GPUs)
+    python scripts/runai/submit.py predict ns-enkg-one -p myproject -i registry/diffinv:latest --workers 1 \\
+        --gpus 8 --sample-parallel --data-pvc datasets --output-pvc results -- --config configs/prior/ns64.yaml \\
+        --config configs/problem/ns_sub4.yaml --config configs/sampler/enkg.yaml --data.init_args.max_items 1
 
 ``--dry-run`` prints the exact command instead of running it (no ``runai`` needed).
+
+``--sample-parallel`` (predict) adds ``--model.init_args.sample_parallel=true
+--trainer.use_distributed_sampler=false``: every rank of the job works on each item in turn (its share of the
+draws, or of an ensemble's particles) instead of on items of its own, so one observation uses every GPU; with
+``--model.init_args.checkpoint_every K`` a pre-empted job resubmitted with the same ``--run-name`` resumes the item
+from its last ensemble checkpoint.
 
 What runs in every pod (``bash -c``), from the repository in the image (``--workdir``):
 
@@ -57,6 +67,9 @@ def _pod_script(args: argparse.Namespace, diffinv_args: list[str]) -> str:
     if args.checkpoints:
         lines += ["mkdir -p checkpoints", "rm -rf checkpoints/public",
                   f"ln -sfn {shlex.quote(args.checkpoints)} checkpoints/public"]
+    if args.sample_parallel:
+        diffinv_args = [*diffinv_args, "--model.init_args.sample_parallel=true",
+                        "--trainer.use_distributed_sampler=false"]
     user = " ".join(shlex.quote(a) for a in diffinv_args)
     gpus = args.gpus
     if args.workers > 0:
@@ -77,6 +90,8 @@ def build_command(args: argparse.Namespace, diffinv_args: list[str]) -> list[str
     """The ``runai`` command line (a list of arguments) for these options."""
     if args.workers < 0 or args.gpus < 1:
         raise ValueError(f"need --workers >= 0 and --gpus >= 1, got {args.workers} and {args.gpus}")
+    if args.sample_parallel and args.command != "predict":
+        raise ValueError("--sample-parallel is a predict option (every rank works on each item)")
     if args.workers > 0:
         head = ["runai", "submit-dist", "pytorch", args.name] if args.legacy_cli else \
             ["runai", "training", "pytorch", "submit", args.name]
@@ -130,6 +145,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--large-shm", action="store_true", help="large /dev/shm (DataLoader workers)")
     p.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE environment variable (repeatable)")
     p.add_argument("--runai-arg", action="append", default=[], help="extra argument passed to runai (repeatable)")
+    p.add_argument("--sample-parallel", action="store_true",
+                   help="predict: every rank works on each item (its share of the draws or particles), one item "
+                        "after another, instead of each rank on its own items")
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     return p
 
@@ -144,10 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not any(a == "--config" or a.startswith("--config=") for a in diffinv_args):
         parser().error("give the diffinv configs after `--`, e.g. -- --config configs/fit/tiny_cpu.yaml")
+    if args.sample_parallel and args.command != "predict":
+        parser().error("--sample-parallel is a predict option (every rank works on each item)")
     cmd = build_command(args, diffinv_args)
     if args.dry_run:
         pods = f"1 master + {args.workers} workers = {args.workers + 1} pods" if args.workers else "1 pod"
-        print(f"# {pods} x {args.gpus} GPU(s)")
+        ranks = (args.workers + 1) * args.gpus
+        mode = f"; sample-parallel: all {ranks} ranks work on each item" if args.sample_parallel else ""
+        print(f"# {pods} x {args.gpus} GPU(s){mode}")
         print(shlex.join(cmd))
         return 0
     return subprocess.call(cmd, env=os.environ.copy())

@@ -1,0 +1,140 @@
+"""Ensemble checkpoints: a pre-empted EnKG run resumes from its last checkpoint and ends with the particles of an
+uninterrupted run.
+
+* In process: EnKG (Kalman update with ancestral noise, so the generator's state matters) saving into a
+  ``MemoryCheckpoint`` every 3 steps, stopped by its callback, then resumed: the same particles bit for bit, the
+  same cost, and the resumed run starts at the saved step.
+* ``diffinv predict`` (``model.init_args.checkpoint_every``) killed with SIGTERM, and with SIGKILL, once
+  ``item000.ensemble.pt`` exists: the re-run logs ``resumed item000 at step k`` and writes the same samples as an
+  uninterrupted run into another folder; the checkpoint is gone once the item is complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from diffinv.samplers import EnKG
+from diffinv.samplers.resume import MemoryCheckpoint
+from lightning_modules.cli import main
+from lightning_modules.ensemble_checkpoint import EnsembleCheckpoint
+from posterior_checks import gaussian_problem
+from predict_data import ROOT, TESTS, prior_config, problem_config, sampler_config, write_configs
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resume_in_process_is_exact():
+    p = gaussian_problem("dense")
+    sampler = EnKG(num_steps=20, batch_size=None, update="kalman", num_updates=1, stochastic=True, relaxation=0.6)
+
+    def run(callback=None, checkpoint=None):
+        with torch.no_grad():
+            return sampler.sample(p.y, p.operator, p.prior, num_samples=8, generator=torch.Generator().manual_seed(0),
+                                  callback=callback, checkpoint=checkpoint)
+
+    want = run()
+    cost = sampler.cost
+
+    def stop(step, num_steps, x):
+        if step == 13:
+            raise Stop
+
+    store = MemoryCheckpoint(every=3)
+    with pytest.raises(Stop):
+        run(stop, store)
+    assert store.saves == 4 and store.saved["step"] == 12          # after steps 2, 5, 8, 11
+    steps = []
+    got = run(lambda step, n, x: steps.append(step), store)
+    assert steps[0] == 12 and torch.equal(got, want) and sampler.cost == cost
+
+
+def test_a_checkpoint_of_other_settings_is_ignored(tmp_path):
+    path = tmp_path / "a.ensemble.pt"
+    EnsembleCheckpoint(path, 2, "settings-1", write=True).save({"step": 4, "x": torch.zeros(2)})
+    assert EnsembleCheckpoint(path, 2, "settings-1", write=True).load()["step"] == 4
+    assert EnsembleCheckpoint(path, 2, "settings-2", write=True).load() is None
+    assert EnsembleCheckpoint(path, 2, "settings-1", write=True, ignore_saved=True).load() is None
+    EnsembleCheckpoint(path, 2, "settings-1", write=False).save({"step": 6, "x": torch.zeros(2)})
+    assert EnsembleCheckpoint(path, 2, "settings-1", write=True).load()["step"] == 4      # rank != 0 never writes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ensemble.pt"]
+
+
+INPAINT = {"class_path": "diffinv.operators.image.Inpainting",
+           "init_args": {"input_shape": [1, 16, 16], "mask_type": "random", "drop_prob": 0.5}}
+
+
+def configs(folder, out):
+    s = sampler_config("diffinv.samplers.enkg.EnKG", num_samples=12, num_steps=60, batch_size=None,
+                       update="kalman", stochastic=True, relaxation=0.6, max_ode_steps=4, ode_steps_divisor=2)
+    s["model"]["init_args"]["checkpoint_every"] = 2
+    return write_configs(folder, prior_config(1, 16), problem_config(INPAINT, (1, 16, 16), out, num_items=1,
+                                                                       kind="blobs"), s)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main(["predict", *configs(tmp / "configs", tmp / "run")])
+    finally:
+        torch.set_num_threads(n)
+    with np.load(tmp / "run" / "predictions" / "enkg" / "item000.npz") as z:
+        return z["samples"]
+
+
+@pytest.mark.parametrize("kill", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_predict_resumes_from_its_ensemble_checkpoint(tmp_path, uninterrupted, kill):
+    out = tmp_path / "run"
+    args = configs(tmp_path / "configs", out)
+    folder = out / "predictions" / "enkg"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_modules.cli", "predict", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not (folder / "item000.ensemble.pt").exists():
+            time.sleep(0.02)
+        assert proc.poll() is None, f"predict ended before it could be interrupted:\n{proc.stdout.read()[-3000:]}"
+        proc.send_signal(kill)
+        log, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, log[-3000:]
+    assert not (folder / "item000.json").exists(), "the item finished before the signal: nothing was resumed"
+    saved = torch.load(folder / "item000.ensemble.pt", weights_only=True)
+    assert saved["step"] >= 2 and saved["x"].shape == (12, 1, 16, 16)
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main(["predict", *args])
+    finally:
+        torch.set_num_threads(n)
+    lines = (folder / "_logs" / "rank0.log").read_text().splitlines()
+    resumed = [line for line in lines if line.startswith("resumed item000 at step ")]
+    assert len(resumed) == 1 and int(resumed[0].split()[-1]) >= saved["step"], lines
+    with np.load(folder / "item000.npz") as z:
+        assert np.array_equal(z["samples"], uninterrupted)
+    assert json.loads((folder / "item000.json").read_text())["id"] == "item000"
+    assert not [p.name for p in folder.iterdir() if p.name.endswith((".ensemble.pt", ".tmp"))]
