@@ -99,7 +99,8 @@ def plot(report: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(len(report), 2, figsize=(12, 4.6 * len(report)), squeeze=False)
     names = sorted({n for rows in report.values() for n in rows if n not in REFERENCE_ROWS})
-    colours = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
+    palette = [plt.cm.tab20(i) for i in range(20) if i not in (14, 15)] + [plt.cm.tab20b(i) for i in range(0, 20, 2)]
+    colours = {n: palette[i % len(palette)] for i, n in enumerate(names)}   # greys are the reference rows
     colours.update({"exact": "black", "posterior mean": "grey"})
     for (problem, rows), (ax_cov, ax_err) in zip(report.items(), axes):
         ax_cov.plot([0, 1], [0, 1], color="black", lw=0.8, ls=":")
