@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -92,7 +91,7 @@ def run(world: int, args, folder: Path) -> dict:
     store, out = folder / f"store{world}", folder / f"result{world}.pt"
     load = os.getloadavg()[0]
     mp.spawn(worker, args=(world, str(store), args, str(out)), nprocs=world, join=True)
-    return {**torch.load(out), "load": (load, os.getloadavg()[0])}
+    return {**torch.load(out, weights_only=True), "load": (load, os.getloadavg()[0])}
 
 
 def projection() -> list[str]:

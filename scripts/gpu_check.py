@@ -30,6 +30,7 @@ from diffinv.operators import GaussianRandomField, NavierStokes  # noqa: E402
 from diffinv.priors import PixelPrior  # noqa: E402
 from diffinv.priors.loading import build  # noqa: E402
 from diffinv.samplers import EnKG  # noqa: E402
+from diffinv.samplers.particles import LocalParticles  # noqa: E402
 
 
 DEVICE = "cuda"
@@ -65,24 +66,27 @@ def fit_throughput() -> dict:
     return {f"fit DPS-FFHQ bf16 compile={r['compile']} (images/s)": round(r["wall"]["lightning_img_s"], 1) for r in rows}
 
 
-def ns_problem(batch: int):
-    op = NavierStokes(resolution=128, downsample=2).to(DEVICE)
-    w0 = GaussianRandomField(128).sample(batch, torch.Generator().manual_seed(0)).to(DEVICE)
+def ns_problem(batch: int, resolution: int = 128):
+    op = NavierStokes(resolution=resolution, downsample=2).to(DEVICE)
+    w0 = GaussianRandomField(resolution).sample(batch, torch.Generator().manual_seed(0)).to(DEVICE)
     x = (op.solver.solve(w0, 0.5) / op.scale)[:, None]          # evolved fields, in prior units
     return op, x
 
 
-def enkg_step(particles: int) -> dict:
-    init = yaml.safe_load((ROOT / "configs/prior/inversebench_ns.yaml").read_text())["model"]["init_args"]
+def enkg_step(particles: int, config: str = "configs/prior/inversebench_ns.yaml") -> dict:
+    """Seconds per EnKG guided step with the network of ``config`` at random weights, on the Navier-Stokes problem
+    at that network's resolution."""
+    init = yaml.safe_load((ROOT / config).read_text())["model"]["init_args"]
     prior = PixelPrior(build(init["network"])).to(DEVICE).eval()
-    op, x = ns_problem(particles)
+    op, x = ns_problem(particles, prior.event_shape[-1])
     y = op(x[:1])
     sampler = EnKG()
     sigma = torch.tensor(10.0)
     results = {}
     for k in (sampler.max_ode_steps, 1):
         def step():
-            sampler._update(x.clone(), y.repeat(particles, 1, 1, 1), op, prior, sigma, k, 1.0, particles, 1)
+            sampler._update(x.clone(), y.repeat(particles, 1, 1, 1), op, prior, sigma, k, 1.0,
+                            LocalParticles(particles), 1)
         with torch.no_grad():
             step()                                                    # warm-up (cuDNN plans, FFT plans)
             results[f"EnKG guided step, {particles} particles, K={k} ODE steps (s)"] = round(timed(step), 2)

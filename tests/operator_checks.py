@@ -12,6 +12,18 @@ import torch
 from diffinv.operators import Operator
 
 
+class NoBackward(torch.autograd.Function):
+    """Identity whose backward raises: wrapped around a forward model, any differentiation through it fails."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("the sampler differentiated the forward model, which a derivative-free sampler must not")
+
+
 def _inputs(op: Operator, batch: int, dtype=torch.float64, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return (torch.rand((batch, *op.input_shape), generator=g, dtype=dtype) * 2 - 1) * 0.9

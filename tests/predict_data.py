@@ -92,3 +92,41 @@ def write_configs(folder: Path, *configs: dict) -> list[str]:
 NS_OPERATOR = {"class_path": "diffinv.operators.navier_stokes.NavierStokes",
                "init_args": {"resolution": 16, "downsample": 4, "time": 0.1,
                              "noise": {"class_path": "diffinv.operators.GaussianNoise", "init_args": {"sigma": 0.1}}}}
+
+
+# ----------------------------------------------------------------------------- running predict
+def predict_in_process(args: list[str]) -> None:
+    """``diffinv predict ARGS`` in this process, on one intra-op thread (the shared test machine runs several
+    times faster so), restoring the thread count after."""
+    from lightning_modules.cli import main
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main(["predict", *args])
+    finally:
+        torch.set_num_threads(n)
+
+
+def interrupted_predict(args: list[str], cwd: Path, ready, sig: int) -> tuple[int, str]:
+    """Start ``diffinv predict ARGS`` in a subprocess, send ``sig`` once ``ready()`` holds (polled), and return its
+    exit code and output. Fails if the run ends before it could be interrupted."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_modules.cli", "predict", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.02)
+        assert proc.poll() is None, f"predict ended before it could be interrupted:\n{proc.stdout.read()[-3000:]}"
+        proc.send_signal(sig)
+        log, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, log

@@ -15,18 +15,9 @@ from diffinv.samplers import DDNM, DPG, DPSGSG, EKI, LGD, SCG, EnKG
 from diffinv.samplers.evaluation import run_gmm_benchmark
 from diffinv.samplers.sde_grid import sde_grid
 from diffinv.samplers.smoothing import directions, gsg_gradient, smoothed_gradient
+from operator_checks import NoBackward
 
 D, DY = 6, 4
-
-
-class _NoBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        raise RuntimeError("the sampler differentiated the forward model")
 
 
 class BlackBox(MatrixOperator):
@@ -42,7 +33,7 @@ class BlackBox(MatrixOperator):
 
     def forward(self, x):
         self.calls += 1
-        out = _NoBackward.apply(super().forward(x))
+        out = NoBackward.apply(super().forward(x))
         self.graph_outputs += int(out.requires_grad)
         return out
 

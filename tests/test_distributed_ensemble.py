@@ -52,7 +52,7 @@ def test_the_shards_are_uneven():
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("world", WORLDS)
 def test_same_particles_as_one_process(runs, reference, world, case):
-    got, want = torch.load(runs[world] / f"{case}.pt"), reference[case]
+    got, want = torch.load(runs[world] / f"{case}.pt", weights_only=True), reference[case]
     assert got.shape == want.shape and torch.isfinite(got).all()
     assert rel(got, want) <= 1e-10, rel(got, want)
 
@@ -62,7 +62,7 @@ def test_the_reference_update_moves_one_gather_of_x_and_yh(runs, world):
     sampler = CASES["gmm_reference"][1]()
     updates = sum(sampler.guided(i) for i in range(sampler.num_steps)) * sampler.num_updates
     pad, b, d, m, item = -(-N // world), 2, 8, 4, 8          # largest shard, measurements, dims, float64
-    traffic = torch.load(runs[world] / "traffic0.pt")["gmm_reference"]
+    traffic = torch.load(runs[world] / "traffic0.pt", weights_only=True)["gmm_reference"]
     gathered_result = (world - 1) * pad * b * d * item        # the final collect of the particles
     assert traffic["all_gather"] == updates * (world - 1) * pad * b * (d + m) * item + gathered_result
     assert traffic["all_reduce"] == updates * (2 * (world - 1) * b * item // world)      # ||C||_F, B values
@@ -78,7 +78,7 @@ def test_systematic_indices():
 
 @pytest.mark.parametrize("world", WORLDS)
 def test_resampling_across_ranks(runs, world):
-    got = torch.load(runs[world] / "resampling.pt")
+    got = torch.load(runs[world] / "resampling.pt", weights_only=True)
     x, ancestors = resampling_case()           # one process, with rank 0's generator
     assert torch.equal(got["ancestors"], ancestors) and torch.equal(got["x"], x)
     assert len(set(ancestors[:, 0].tolist())) < N           # it did resample (weights 3 N(0, 1) in log)
@@ -86,9 +86,10 @@ def test_resampling_across_ranks(runs, world):
 
 @pytest.mark.parametrize("world", WORLDS)
 def test_checkpoint_resumes_on_any_number_of_ranks(runs, reference, world):
-    state = torch.load(runs[world] / "checkpoint.pt")
+    state = torch.load(runs[world] / "checkpoint.pt", weights_only=True)
     assert state["step"] == 6 and state["x"].shape == (2 * N, 8)
-    assert torch.equal(torch.load(runs[world] / "resumed.pt"), torch.load(runs[world] / "gmm_kalman.pt"))
+    resumed, straight = (torch.load(runs[world] / f, weights_only=True) for f in ("resumed.pt", "gmm_kalman.pt"))
+    assert torch.equal(resumed, straight)
     one = run_case("gmm_kalman", checkpoint=MemoryCheckpoint(every=3, saved=state))
     assert rel(one, reference["gmm_kalman"]) <= 1e-10
 

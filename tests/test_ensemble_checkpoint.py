@@ -11,11 +11,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -23,10 +19,10 @@ import torch
 
 from diffinv.samplers import EnKG
 from diffinv.samplers.resume import MemoryCheckpoint
-from lightning_modules.cli import main
 from lightning_modules.ensemble_checkpoint import EnsembleCheckpoint
 from posterior_checks import gaussian_problem
-from predict_data import ROOT, TESTS, prior_config, problem_config, sampler_config, write_configs
+from predict_data import (interrupted_predict, predict_in_process, prior_config, problem_config,
+                          sampler_config, write_configs)
 
 
 @pytest.fixture(autouse=True)
@@ -92,12 +88,7 @@ def configs(folder, out):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("uninterrupted")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main(["predict", *configs(tmp / "configs", tmp / "run")])
-    finally:
-        torch.set_num_threads(n)
+    predict_in_process(configs(tmp / "configs", tmp / "run"))
     with np.load(tmp / "run" / "predictions" / "enkg" / "item000.npz") as z:
         return z["samples"]
 
@@ -107,30 +98,13 @@ def test_killed_predict_resumes_from_its_ensemble_checkpoint(tmp_path, uninterru
     out = tmp_path / "run"
     args = configs(tmp_path / "configs", out)
     folder = out / "predictions" / "enkg"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lightning_modules.cli", "predict", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None and not (folder / "item000.ensemble.pt").exists():
-            time.sleep(0.02)
-        assert proc.poll() is None, f"predict ended before it could be interrupted:\n{proc.stdout.read()[-3000:]}"
-        proc.send_signal(kill)
-        log, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode != 0, log[-3000:]
+    code, log = interrupted_predict(args, tmp_path, lambda: (folder / "item000.ensemble.pt").exists(), kill)
+    assert code != 0, log[-3000:]
     assert not (folder / "item000.json").exists(), "the item finished before the signal: nothing was resumed"
     saved = torch.load(folder / "item000.ensemble.pt", weights_only=True)
     assert saved["step"] >= 2 and saved["x"].shape == (12, 1, 16, 16)
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main(["predict", *args])
-    finally:
-        torch.set_num_threads(n)
+    predict_in_process(args)
     lines = (folder / "_logs" / "rank0.log").read_text().splitlines()
     resumed = [line for line in lines if line.startswith("resumed item000 at step ")]
     assert len(resumed) == 1 and int(resumed[0].split()[-1]) >= saved["step"], lines

@@ -86,7 +86,7 @@ def lpips_reference(x: torch.Tensor, y: torch.Tensor, features: nn.Sequential) -
     shipped linear heads, spatial mean, summed over the five layers."""
     import torchmetrics.functional.image.lpips as tm
 
-    heads = torch.load(tm.__file__.replace("lpips.py", "lpips_models/vgg.pth"), map_location="cpu")
+    heads = torch.load(tm.__file__.replace("lpips.py", "lpips_models/vgg.pth"), map_location="cpu", weights_only=True)
     shift = torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None]
     scale = torch.tensor([0.458, 0.448, 0.450])[None, :, None, None]
     total = torch.zeros(x.shape[0])

@@ -7,18 +7,13 @@ leave the complete ones untouched (same mtimes, logged as skipped) and leave no 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-import torch
 
-from lightning_modules.cli import main
-from predict_data import ROOT, TESTS, prior_config, problem_config, sampler_config, write_configs
+from predict_data import (interrupted_predict, predict_in_process, prior_config, problem_config,
+                          sampler_config, write_configs)
 
 NUM = 6
 
@@ -32,34 +27,15 @@ def test_sigterm_then_rerun_resumes(tmp_path):
                          # a few hundred denoiser calls per id: about a second each, so SIGTERM lands mid-run
                          sampler_config("diffinv.samplers.ddrm.DDRM", num_samples=2, num_steps=80))
     folder = out / "predictions" / "ddrm"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lightning_modules.cli", "predict", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if len(list(folder.glob("item*.json"))) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"predict ended before it could be interrupted:\n{proc.stdout.read()[-3000:]}"
-        proc.send_signal(signal.SIGTERM)
-        log, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode != 0, log[-3000:]
+    code, log = interrupted_predict(args, tmp_path, lambda: len(list(folder.glob("item*.json"))) >= 2, signal.SIGTERM)
+    assert code != 0, log[-3000:]
     done = sorted(p.stem for p in folder.glob("item*.json"))
     assert 2 <= len(done) < NUM, (done, log[-3000:])
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.stem in done}
     assert len(stamps) == 3 * len(done)          # npz, png and json of each complete id
 
     # re-run: completes the rest, touches nothing complete
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main(["predict", *args])
-    finally:
-        torch.set_num_threads(n)
+    predict_in_process(args)
     assert {p: (folder / p).stat().st_mtime_ns for p in stamps} == stamps
     lines = (folder / "_logs" / "rank0.log").read_text().splitlines()
     assert sorted(line.split()[1] for line in lines if line.startswith("skipped")) == done

@@ -13,12 +13,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from datamodules.base import sample_seed
 from lightning_modules import sample_parallel as sp
-from lightning_modules.cli import main
-from predict_data import prior_config, problem_config, sampler_config, write_configs
+from predict_data import predict_in_process, prior_config, problem_config, sampler_config, write_configs
 from test_ddp import DDP, run_cli
 
 INPAINT = {"class_path": "diffinv.operators.image.Inpainting",
@@ -38,15 +36,6 @@ def configs(folder, out, sampler):
                          problem_config(INPAINT, (1, 16, 16), out, num_items=len(ITEMS), kind="blobs"), sampler)
 
 
-def in_process(args):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main(["predict", *args])
-    finally:
-        torch.set_num_threads(n)
-
-
 def load(folder, sid):
     with np.load(folder / f"{sid}.npz") as z:
         arrays = {k: z[k] for k in ("samples", "mean", "std")}
@@ -62,7 +51,7 @@ def test_dps_two_processes_make_the_draws_of_one(tmp_path):
     sampler = sampler_config("diffinv.samplers.dps.DPS", num_samples=5, num_steps=10)
     sampler["model"]["init_args"].update(sample_parallel=True, samples_per_call=2)
     run_cli(["predict", *configs(tmp_path / "c2", tmp_path / "two", sampler), *DDP], cwd=tmp_path)
-    in_process(configs(tmp_path / "c1", tmp_path / "one", sampler))
+    predict_in_process(configs(tmp_path / "c1", tmp_path / "one", sampler))
     two, one = (tmp_path / name / "predictions" / "dps" for name in ("two", "one"))
     assert events(two, 0) == [("written", sid) for sid in ITEMS]
     assert events(two, 1) == [("shared", sid) for sid in ITEMS]
@@ -83,7 +72,7 @@ def test_enkg_ensemble_split_over_two_processes(tmp_path):
     plain = json.loads(json.dumps(sampler))
     sampler["model"]["init_args"]["sample_parallel"] = True
     run_cli(["predict", *configs(tmp_path / "c2", tmp_path / "two", sampler), *DDP], cwd=tmp_path)
-    in_process(configs(tmp_path / "c1", tmp_path / "one", plain))
+    predict_in_process(configs(tmp_path / "c1", tmp_path / "one", plain))
     two, one = (tmp_path / name / "predictions" / "enkg" for name in ("two", "one"))
     assert events(two, 0) == [("written", sid) for sid in ITEMS]
     assert events(two, 1) == [("shared", sid) for sid in ITEMS]

@@ -14,6 +14,7 @@ from diffinv.samplers.diffpir import DiffPIR
 from diffinv.samplers.dps import DPS
 from diffinv.samplers.enkg import EnKG
 from diffinv.samplers.pigdm import PiGDM
+from operator_checks import NoBackward
 
 
 
@@ -70,16 +71,6 @@ class NonDifferentiable(CountingMatrix):
     linear, differentiable, has_svd = False, False, False
 
 
-class _NoBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        raise RuntimeError("a derivative-free sampler differentiated the forward model")
-
-
 class BlackBox(NonDifferentiable):
     """Forward model whose output cannot be differentiated and which records whether it ran under no_grad."""
 
@@ -87,7 +78,7 @@ class BlackBox(NonDifferentiable):
 
     def forward(self, x):
         self.grad_enabled_calls += int(torch.is_grad_enabled())
-        return _NoBackward.apply(super().forward(x))
+        return NoBackward.apply(super().forward(x))
 
 
 def counting(op: MatrixOperator, cls=CountingMatrix):
