@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from benchmark_networks import time_call  # the same timer as the network benchmark (scripts/ is on sys.path)
 from diffinv.operators import GaussianNoise, MatrixOperator
 from diffinv.priors import DenoiserPrior, Prior
 from diffinv.samplers.base import capabilities
@@ -168,18 +169,12 @@ def network_paths(prior: DenoiserPrior, batch: int, repeats: int) -> dict:
             prior._channels_last = False
         with torch.no_grad():
             prior.denoise(x, sigma)
-            best = min(_timed_call(lambda: prior.denoise(x, sigma)) for _ in range(repeats))
+            best = time_call(lambda: prior.denoise(x, sigma), repeats)
         out[name.strip()] = min(out.get(name.strip(), float("inf")), 1e3 * best / batch)
     prior.channels_last_on_cpu = True
     print(f"network ms/sample, batch {batch}: contiguous {out['contiguous']:.2f}, channels_last (default on CPU) "
           f"{out['channels_last']:.2f} ({out['contiguous'] / out['channels_last']:.2f}x)", flush=True)
     return out
-
-
-def _timed_call(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> dict:
