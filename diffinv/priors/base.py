@@ -55,9 +55,9 @@ class DenoiserPrior(Prior):
         self.denoiser = denoiser
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
-    # Image networks run in channels-last layout on the CPU in eval mode: measured 1.03-1.27x faster (1-2 threads) for the shipped
-    # 64 x 64 UNets at 1-64 samples a call (scripts/benchmark_networks.py), outputs within 4e-6 of the contiguous
-    # layout. Not on GPUs (unmeasured there) and not in training (the optimiser's layout stays as it was built).
+    # Image networks run in channels-last layout on the CPU in eval mode: measured 1.03-1.27x faster (1-2 threads)
+    # for the shipped 64 x 64 UNets at 1-64 samples a call (scripts/benchmark_networks.py), outputs within 4e-6 of
+    # the contiguous layout. Not on GPUs (unmeasured there) and not in training (the optimiser's layout stays as it was built).
     channels_last_on_cpu = True
 
     def _denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
