@@ -45,6 +45,10 @@ BENCH_KWARGS: dict[str, dict] = {
     "PiGDM": dict(num_steps=30),
     "DAPS": dict(num_steps=6, ode_steps=3, langevin_steps=5),
     "EnKG": dict(num_steps=10, num_updates=1, max_ode_steps=2, batch_size=None),
+    # the SMC samplers: all particles (--batch) in one network call per step
+    "MCGdiff": dict(num_steps=30),
+    "TDS": dict(num_steps=30),
+    "FPSSMC": dict(num_steps=30),
 }
 
 

@@ -34,6 +34,9 @@ FAST_KWARGS: dict[str, dict] = {
     "PriorSamples": dict(num_steps=4),
     "Tikhonov": dict(lam_max=10.0, lam_min=0.1, max_iter=5, fit_samples=8),
     "EKI": dict(num_iterations=3, fit_samples=8),
+    "MCGdiff": dict(num_steps=10),
+    "TDS": dict(num_steps=10),
+    "FPSSMC": dict(num_steps=10),
 }
 # samplers of one problem family are tested with it (EhtimRML: tests/test_baselines.py)
 NAMES = sorted(n for n, c in SAMPLERS.items() if "interferometry" not in c.requires)

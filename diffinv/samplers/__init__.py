@@ -9,7 +9,9 @@ from .dps import DPS
 from .eki import EKI
 from .ehtim_rml import EhtimRML
 from .enkg import EnKG
+from .fps_smc import FPSSMC
 from .latent_dps import LatentDPS
+from .mcgdiff import MCGdiff
 from .mcmc import SKRock, ULA
 from .pigdm import PiGDM
 from .pnp_dm import PnPDM
@@ -17,6 +19,8 @@ from .posterior_sde import PosteriorSDE
 from .psld import PSLD
 from .red_diff import REDDiff
 from .resample import ReSample
+from .tds import TDS
 
-__all__ = ["SAMPLERS", "Sampler", "posterior_stats", "repeat_measurement", "DAPS", "DDRM", "EKI", "EhtimRML", "PriorSamples", "Tikhonov", "DiffPIR", "DPS", "EnKG",
-           "LatentDPS", "SKRock", "ULA", "PiGDM", "PnPDM", "PosteriorSDE", "PSLD", "REDDiff", "ReSample"]
+__all__ = ["SAMPLERS", "Sampler", "posterior_stats", "repeat_measurement", "DAPS", "DDRM", "EKI", "EhtimRML", "PriorSamples",
+           "Tikhonov", "DiffPIR", "DPS", "EnKG", "FPSSMC", "MCGdiff", "TDS", "LatentDPS", "SKRock", "ULA", "PiGDM", "PnPDM",
+           "PosteriorSDE", "PSLD", "REDDiff", "ReSample"]

@@ -57,6 +57,10 @@ GMM_HPARAMS: dict[str, dict[str, Any] | Callable[[float], dict[str, Any]]] = {
     "DDRM": dict(num_steps=100),
     "DiffPIR": dict(zeta=1.0, lambda_=1.75),
     "DAPS": lambda sigma_y: dict(lr=0.5 * sigma_y**2),
+    # the SMC samplers: 1000 steps (with 100 the weights collapse where sigma_y ~ 0.003, and MCGdiff's pinned
+    # coordinates come out narrow); TDS's twist inflated with the mixture's variance (its r_t^2 as PiGDM's)
+    "MCGdiff": dict(num_steps=1000),
+    "TDS": dict(num_steps=1000, data_variance=130.0),
 }
 
 
