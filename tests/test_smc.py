@@ -11,10 +11,12 @@
 (c) A one-component mixture (a Gaussian with diagonal variances 0.1 to 10, so the posterior is a known Gaussian):
     mean and covariance matched within the Monte Carlo tolerance of the draws' effective sample size.
 
-What is measured, not assumed (``python tests/test_smc.py`` prints the figures): TDS meets (b) and (c). MCGdiff meets
-(c) but not (b) at d_y = 1 and 2: its N draws come from one particle system that resamples every few tens of steps,
-so they share ancestors and their Monte Carlo error is several times that of N independent draws (the paper's
-mixture experiment draws every sample from its own particle system). FPS-SMC is overconfident by construction (its
+What is measured, not assumed (``python tests/test_smc.py NAME THREADS`` prints the figures): TDS meets (b) and (c)
+(SW / exact at N = 4096: d_y 1 [1.73, 3.68, 0.5, 0.6, 1.14], d_y 2 all <= 1.7, d_y 4 all <= 1.39). MCGdiff meets (c)
+and the default-suite part of (b), its median SW falls with N, but at N = 4096 only 2, 3 and 3 of the 5 seeds are
+within 2x for d_y = 1, 2, 4 (worst 12x, 2.2x, 11x): its N draws come from one particle system that resamples every
+few tens of steps, so they share ancestors and their Monte Carlo error is several times that of N independent draws
+(the paper's mixture experiment draws every sample from its own particle system). FPS-SMC is overconfident by construction (its
 observations y_t of the different levels are treated as independent given the signal, so the data count many
 times: the posterior variance comes out 4-20 % of the exact one, see ``fps_smc.py``); its cases are
 ``xfail(strict=True)``: if they start passing, the record here is wrong. Broken variants (the weights dropped, which
@@ -246,7 +248,7 @@ def convergence_violations(make, dys=DYS, seeds=SEEDS, sizes=SIZES) -> list[str]
 FPS_BIASED = pytest.mark.xfail(strict=True, reason="FPS-SMC counts the diffused data as independent observations "
                                                    "(overconfident, see fps_smc.py)")
 MCG_SHORT = pytest.mark.xfail(strict=True, reason="MCGdiff's single particle system: ancestors shared by the N draws "
-                                                  "(measured: 2-12x the exact SW at d_y = 1, see the module docstring)")
+                                                  "(measured: 2-3 of 5 seeds within 2x, see the module docstring)")
 
 
 @pytest.mark.parametrize("name", ["MCGdiff", "TDS", pytest.param("FPSSMC", marks=FPS_BIASED)])
