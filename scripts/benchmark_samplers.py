@@ -51,6 +51,10 @@ BENCH_KWARGS: dict[str, dict] = {
     "DPSGSG": dict(num_steps=30, num_queries=16, batch_size=None),
     "DDNM": dict(num_steps=30),
     "LGD": dict(num_steps=30, num_mc_samples=4, guidance_scale=0.01),
+    # the SMC samplers: all particles (--batch) in one network call per step
+    "MCGdiff": dict(num_steps=30),
+    "TDS": dict(num_steps=30),
+    "FPSSMC": dict(num_steps=30),
 }
 
 

@@ -3,7 +3,6 @@ the prior's variation), DDNM+'s noise handling against DDRM, the time-travel sch
 against its two limits (one draw at r = 0 is DPS's loss guidance; many draws give PiGDM's closed form)."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

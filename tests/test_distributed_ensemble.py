@@ -17,7 +17,6 @@ import json
 import pytest
 import torch
 
-from diffinv.samplers.distributed_resampling import systematic_indices
 from diffinv.samplers.particles import partition
 from diffinv.samplers.resume import MemoryCheckpoint
 from distributed_cases import CASES, N, launch, one_process, resampling_case, run_case
@@ -66,14 +65,6 @@ def test_the_reference_update_moves_one_gather_of_x_and_yh(runs, world):
     gathered_result = (world - 1) * pad * b * d * item        # the final collect of the particles
     assert traffic["all_gather"] == updates * (world - 1) * pad * b * (d + m) * item + gathered_result
     assert traffic["all_reduce"] == updates * (2 * (world - 1) * b * item // world)      # ||C||_F, B values
-
-
-def test_systematic_indices():
-    n = 8
-    same = torch.zeros(n, 1, dtype=torch.float64)
-    assert torch.equal(systematic_indices(same, torch.tensor([0.3]))[:, 0], torch.arange(n))
-    lw = torch.log(torch.tensor([[0.5], [0.25], [0.125], [0.125], [0], [0], [0], [0]], dtype=torch.float64))
-    assert systematic_indices(lw, torch.tensor([0.5]))[:, 0].tolist() == [0, 0, 0, 0, 1, 1, 2, 3]
 
 
 @pytest.mark.parametrize("world", WORLDS)

@@ -141,10 +141,15 @@ def check_ddnm(s, n):
     assert sig[-1][1] == 0.0 and (s.eta, s.travel_length, s.travel_repeat) == (0.85, 1, 1)
 
 
+def check_fps_smc(s, n):
+    assert ts(s, s.num_steps) == list(range(999, -1, -1)) and s.c_rate == 0.95      # 1000 steps, --c_rate=0.95
+    assert n == 5                                                                      # --particle_size=5
+
+
 PUBLISHED = {
     "ddrm.yaml": check_ddrm, "dps.yaml": check_dps, "diffpir.yaml": check_diffpir, "pigdm.yaml": check_pigdm,
     "daps.yaml": check_daps, "red_diff.yaml": check_red_diff, "pnp_dm.yaml": check_pnp_dm,
-    "psld.yaml": check_psld, "resample.yaml": check_resample, "latent_dps.yaml": check_latent_dps,
+    "psld.yaml": check_psld, "fps_smc.yaml": check_fps_smc, "resample.yaml": check_resample, "latent_dps.yaml": check_latent_dps,
     "enkg.yaml": lambda s, n: check_enkg(s, n, (5, 76), 2.0, 2, 0.0, 2048),            # scripts/navier-stokes.sh
     "enkg_blackhole.yaml": lambda s, n: check_enkg(s, n, (9, 72), 3.5, 1, 1e-3, 1024),
     "dpg.yaml": check_dpg, "scg.yaml": check_scg, "ddnm.yaml": check_ddnm,

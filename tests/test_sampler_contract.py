@@ -39,6 +39,9 @@ FAST_KWARGS: dict[str, dict] = {
     "DPSGSG": dict(num_steps=20, num_queries=8, guidance_scale=1.0, batch_size=16),
     "DDNM": dict(num_steps=5),
     "LGD": dict(num_steps=20, num_mc_samples=2, guidance_scale=0.01),
+    "MCGdiff": dict(num_steps=10),
+    "TDS": dict(num_steps=10),
+    "FPSSMC": dict(num_steps=10),
 }
 # samplers of one problem family are tested with it (EhtimRML: tests/test_baselines.py)
 NAMES = sorted(n for n, c in SAMPLERS.items() if "interferometry" not in c.requires)

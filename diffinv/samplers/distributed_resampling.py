@@ -8,8 +8,9 @@ particles ``[n_r, B, ...]`` (B measurements, each with its own N particles):
    the effective sample size from them, to decide whether to resample);
 2. one uniform per measurement, ``u [B]``, is drawn from ``generator`` on every rank (which keeps the generators
    in step) and rank 0's is broadcast, so every rank uses the same;
-3. every rank computes the same ancestors ``select(log_weights [N, B], u [B]) -> [N, B]`` (default
-   :func:`systematic_indices`): new particle j of measurement b is old particle ``ancestors[j, b]``;
+3. every rank computes the same ancestors ``select(log_weights [N, B], u [B]) -> [N, B]`` (default: the SMC
+   samplers' own :func:`diffinv.samplers.smc.systematic_resample`): new particle j of measurement b is old
+   particle ``ancestors[j, b]``;
 4. one all-to-all moves the particles: rank r receives, for its slots ``[start_r, start_r + n_r)``, the rows of
    the ancestors other ranks hold, and only those (at most ``n_r B`` rows of ``d`` values; the split sizes
    follow from the ancestors, which every rank knows, so nothing else is exchanged).
@@ -23,16 +24,7 @@ import torch
 from torch import Tensor
 
 from .particles import LocalParticles
-
-
-def systematic_indices(log_weights: Tensor, u: Tensor) -> Tensor:
-    """Systematic resampling (Kitagawa 1996; Douc, Cappe & Moulines 2005): for each measurement b the N points
-    ``(j + u_b) / N`` are located in the cumulative normalised weights. ``log_weights [N, B]`` (unnormalised),
-    ``u [B]`` in [0, 1); returns the ancestor indices ``[N, B]``."""
-    n = log_weights.shape[0]
-    cdf = torch.softmax(log_weights.double(), 0).cumsum(0).T.contiguous()           # [B, N]
-    pos = (torch.arange(n, dtype=torch.float64, device=cdf.device)[None] + u.double().to(cdf.device)[:, None]) / n
-    return torch.searchsorted(cdf, pos.contiguous(), right=True).clamp_max(n - 1).T   # [N, B]
+from .smc import systematic_resample
 
 
 def global_log_weights(log_weights: Tensor, particles=None) -> Tensor:
@@ -44,7 +36,7 @@ def global_log_weights(log_weights: Tensor, particles=None) -> Tensor:
 
 
 def resample(log_weights: Tensor, x: Tensor, generator: torch.Generator | None, particles=None,
-             select=systematic_indices) -> tuple[Tensor, Tensor]:
+             select=systematic_resample) -> tuple[Tensor, Tensor]:
     """Resample this rank's particles ``x [n_r, B, ...]`` by the global weights (module docstring). Returns the new
     particles of this rank ``[n_r, B, ...]`` and the global ancestors ``[N, B]``."""
     particles = particles or LocalParticles(x.shape[0])

@@ -65,6 +65,10 @@ GMM_HPARAMS: dict[str, dict[str, Any] | Callable[[float], dict[str, Any]]] = {
     "SCG": dict(num_steps=100, num_candidates=8, batch_size=None),
     "DPSGSG": dict(num_steps=200, num_queries=32, batch_size=None, guidance_scale=2.0),
     "LGD": dict(num_steps=200, num_mc_samples=10, data_variance=30.0, guidance_scale=0.3),
+    # the SMC samplers: 1000 steps (with 100 the weights collapse where sigma_y ~ 0.003, and MCGdiff's pinned
+    # coordinates come out narrow); TDS's twist inflated with the mixture's variance (its r_t^2 as PiGDM's)
+    "MCGdiff": dict(num_steps=1000),
+    "TDS": dict(num_steps=1000, data_variance=130.0),
 }
 
 

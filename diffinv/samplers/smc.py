@@ -1,0 +1,147 @@
+"""The sequential Monte Carlo mechanism shared by MCGdiff, TDS and FPS-SMC (``mcgdiff.py``, ``tds.py``,
+``fps_smc.py``): log-weight normalisation, the effective sample size, systematic resampling from given uniforms,
+and the ESS-threshold rule applied per measurement.
+
+Layout. A sampler with ``num_samples = N`` runs N particles per measurement, stored sample-major as every sampler's
+output (``docs/conventions.md#sampler-contract``): particle n of measurement b is row ``n * B + b`` of an
+``[N * B, ...]`` tensor, so ``x.view(N, B, ...)[n, b]`` is that particle. Log-weights are ``[N, B]`` (one column per
+measurement, never normalised across measurements). All particles of all measurements go through the network in
+one call per step; resampling is a gather.
+
+Function contracts (pure functions of their tensor arguments, no host synchronisation, differentiable nowhere):
+
+* ``normalize_log_weights(log_w [N, B]) -> [N, B]``: ``log_w - logsumexp(log_w, 0)``; each column then sums to 1
+  in probability. Columns of ``-inf`` only (no particle alive) come back as NaN: that is the caller's error.
+* ``effective_sample_size(log_w [N, B]) -> [B]``: Kong's ESS ``(sum w)^2 / sum w^2`` per column, computed from
+  unnormalised log-weights as ``exp(2 logsumexp(lw) - logsumexp(2 lw))``; N for equal weights, 1 when a single
+  particle carries all the weight. It depends on the weights only up to a per-column constant factor.
+* ``systematic_resample(log_w [N, B], u [B]) -> indices [N, B]`` (long, values in ``[0, N)``): systematic
+  resampling (Kitagawa 1996; Douc, Cappé & Moulines 2005) with the positions ``(k + u_b) / N``, k = 0..N-1, laid
+  over the cumulative normalised weights of column b; ``indices[k, b]`` is the particle whose cumulative-weight
+  interval contains position k. Deterministic given ``(log_w, u)``: a distributed caller holding a slice of the
+  particles can broadcast one ``u`` per measurement, compute the global cumulative weights and obtain the same
+  global indices on every rank. The indices are non-decreasing in k, and particle i is copied ``floor(N w_i)`` or
+  ``ceil(N w_i)`` times, so for ``u ~ U[0, 1)`` its expected number of copies is exactly ``N w_i`` (unbiased).
+  Equal weights give the identity (but for positions that fall exactly on a cumulative weight, e.g. u = 0, which
+  may land on either side in floating point); a particle of weight 0 is never chosen.
+* ``ess_rule(log_w [N, B], threshold, u [B]) -> (indices [N, B], log_w' [N, B], ess [B], resampled [B])``: the
+  ESS-threshold rule per measurement: columns with ``ess < threshold * N`` are resampled systematically and their
+  log-weights reset to equal values; the others keep their particles (identity indices) and weights. Chosen with
+  ``torch.where``, so no Python branch depends on a tensor's value. ``log_w'`` is normalised.
+* ``gather_particles(x [N * B, ...], indices [N, B]) -> [N * B, ...]``: the resampled particles, in the same layout.
+
+``_SMCSampler`` (its leading underscore keeps it out of the sampler registry) holds what the three samplers share:
+the ``threshold`` hyperparameter, the per-step ESS record and the final resampling that turns the weighted
+particles into N equally weighted draws. After ``sample`` it exposes
+
+* ``ess``: a ``[num_decisions, B]`` tensor on the particles' device, the ESS at each application of the ESS rule (one per step for
+  MCGdiff and FPS-SMC, after the step's reweighting; one per move for TDS, whose last step only lands on x0_hat),
+* ``resampled``: the matching ``[num_decisions, B]`` bool tensor, whether the rule resampled measurement b,
+* ``final_ess``: a ``[B]`` tensor, the ESS of the final weights, which the returned draws were resampled from
+  (with 0 < final_ess <= N: N / final_ess is roughly the factor by which the Monte Carlo variance of a posterior
+  mean exceeds that of N independent draws).
+
+They stay on the particles' device (no host synchronisation anywhere in the run: a caller that wants them on the
+host moves them once, after sampling). ``cost`` (``diffinv.diffusion.Cost``) is left as for every sampler: its fields are
+the integer counts every caller tabulates (``lightning_modules/solver.py`` writes them as integers).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import Sampler
+
+
+# ----------------------------------------------------------------------------- pure functions
+def normalize_log_weights(log_w: Tensor) -> Tensor:
+    """``log_w - logsumexp(log_w, dim=0)`` for ``[N, B]`` log-weights (each column sums to 1 in probability)."""
+    return log_w - torch.logsumexp(log_w, dim=0, keepdim=True)
+
+
+def effective_sample_size(log_w: Tensor) -> Tensor:
+    """Kong's effective sample size ``(sum w)^2 / sum w^2`` per column of ``[N, B]`` log-weights -> ``[B]``."""
+    return torch.exp(2 * torch.logsumexp(log_w, dim=0) - torch.logsumexp(2 * log_w, dim=0))
+
+
+def systematic_resample(log_w: Tensor, u: Tensor) -> Tensor:
+    """Systematic resampling indices ``[N, B]`` for ``[N, B]`` log-weights and one uniform per column ``u [B]``
+    (see the module docstring for the contract)."""
+    n = log_w.shape[0]
+    w = torch.softmax(log_w.double(), dim=0)                                   # [N, B]
+    cdf = torch.cumsum(w, dim=0)
+    cdf = cdf / cdf[-1:]                                                       # exact 1 at the end
+    pos = (torch.arange(n, dtype=torch.float64, device=log_w.device)[:, None] + u.to(torch.float64)[None]) / n
+    idx = torch.searchsorted(cdf.T.contiguous(), pos.T.contiguous(), right=True).T   # first k with cdf_k > pos
+    return idx.clamp_(max=n - 1)
+
+
+def ess_rule(log_w: Tensor, threshold: float, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ESS-threshold rule per measurement (module docstring): ``(indices, log_w', ess, resampled)``."""
+    n = log_w.shape[0]
+    log_w = normalize_log_weights(log_w)
+    ess = effective_sample_size(log_w)
+    resampled = ess < threshold * n                                            # [B]
+    keep = torch.arange(n, device=log_w.device)[:, None].expand_as(log_w)
+    idx = torch.where(resampled[None], systematic_resample(log_w, u), keep)
+    log_w = torch.where(resampled[None], torch.full_like(log_w, -math.log(n)), log_w)
+    return idx, log_w, ess, resampled
+
+
+def gather_particles(x: Tensor, indices: Tensor) -> Tensor:
+    """Rows of the sample-major ``x [N * B, ...]`` picked per measurement by ``indices [N, B]``."""
+    n, b = indices.shape
+    flat = (indices * b + torch.arange(b, device=indices.device)[None]).reshape(-1)
+    return x.index_select(0, flat)
+
+
+def uniforms(b: int, generator: torch.Generator | None, device) -> Tensor:
+    """One U[0, 1) draw per measurement from the sampler's generator (on the generator's device, as ``randn``)."""
+    gen_device = generator.device if generator is not None else "cpu"
+    return torch.rand(b, generator=generator, dtype=torch.float64, device=gen_device).to(device)
+
+
+def gaussian_logpdf_sum(x: Tensor, mean: Tensor, var: Tensor | float) -> Tensor:
+    """``sum_i -(x_i - mean_i)^2 / (2 var_i)`` per row (the Gaussian log-density without its normalising constant,
+    which is the same for every particle of a measurement and cancels in the normalised weights)."""
+    return -(((x - mean).abs() ** 2) / (2 * var)).reshape(x.shape[0], -1).sum(1)
+
+
+# ----------------------------------------------------------------------------- shared sampler part
+class _SMCSampler(Sampler):
+    """Base of the SMC samplers: the ESS threshold, the ESS record and the final resampling."""
+
+    def __init__(self, threshold: float = 0.5):
+        super().__init__()
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"{type(self).__name__}: threshold must be in [0, 1] (resample when ESS < threshold * N), "
+                             f"got {threshold}")
+        self.threshold = threshold
+        self.ess = self.resampled = self.final_ess = None
+
+    # called by the subclasses -------------------------------------------------------------
+    def _start(self) -> None:
+        self._ess_steps: list[Tensor] = []
+        self._resampled_steps: list[Tensor] = []
+
+    def _reweight(self, log_w: Tensor, generator, *tensors: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Record the ESS of ``log_w [N, B]``, apply the ESS-threshold rule and gather each ``[N * B, ...]`` tensor
+        of ``tensors`` with the chosen ancestors: ``(log_w', (gathered tensors))``."""
+        u = uniforms(log_w.shape[1], generator, log_w.device)
+        idx, log_w, ess, resampled = ess_rule(log_w, self.threshold, u)
+        self._ess_steps.append(ess)
+        self._resampled_steps.append(resampled)
+        return log_w, tuple(gather_particles(t, idx) for t in tensors)
+
+    def _finish(self, log_w: Tensor, x: Tensor, generator) -> Tensor:
+        """Resample ``x`` by its final weights into N equally weighted draws and publish the ESS record."""
+        u = uniforms(log_w.shape[1], generator, log_w.device)
+        log_w = normalize_log_weights(log_w)
+        final = effective_sample_size(log_w)
+        out = gather_particles(x, systematic_resample(log_w, u))
+        self.ess = torch.stack(self._ess_steps) if self._ess_steps else None
+        self.resampled = torch.stack(self._resampled_steps) if self._resampled_steps else None
+        self.final_ess = final
+        return out
