@@ -57,6 +57,8 @@ class FPSSMC(_SMCSampler):
         num_steps: steps on a uniform sub-sequence of the VP schedule (one denoiser call each; 1000 in the paper).
         c_rate: the DDIM variance ratio c of both chains (0.95 in the paper's runs); None: the ancestral kernel.
         threshold: resample (systematically) a measurement's particles when their ESS < threshold * N.
+        particles_per_draw: None: the num_samples draws are the particles of one system; K: each draw comes from its
+            own system of K particles (independent draws, num_samples * K particles; ``smc.py``).
         cg_tol, cg_max_iter: conjugate gradients for linear operators without an SVD.
         schedule, train_steps: the discrete VP schedule giving the sigma levels (DDPM linear, 1000).
     """
@@ -64,8 +66,9 @@ class FPSSMC(_SMCSampler):
     requires = frozenset({"linear"})
 
     def __init__(self, num_steps: int = 1000, c_rate: float | None = 0.95, threshold: float = 0.5,
-                 cg_tol: float = 1e-6, cg_max_iter: int = 100, schedule: str = "linear", train_steps: int = 1000):
-        super().__init__(threshold)
+                 cg_tol: float = 1e-6, cg_max_iter: int = 100, schedule: str = "linear", train_steps: int = 1000,
+                 particles_per_draw: int | None = None):
+        super().__init__(threshold, particles_per_draw)
         if not 1 <= num_steps <= train_steps:
             raise ValueError(f"FPSSMC: num_steps must be in [1, train_steps={train_steps}], got {num_steps}")
         if c_rate is not None and not 0 < c_rate <= 1:
@@ -87,7 +90,7 @@ class FPSSMC(_SMCSampler):
 
     # ------------------------------------------------------------------ the sampler
     @torch.no_grad()
-    def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
+    def _smc(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
         sy = float(operator.sigma)
         if not sy > 0:
             raise ValueError("FPSSMC needs noisy data (sigma_y > 0): its observation likelihood N(y_t; A x_t, "

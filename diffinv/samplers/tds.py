@@ -56,6 +56,8 @@ class TDS(_SMCSampler):
     Args:
         num_steps: levels on a uniform sub-sequence of the VP schedule (one denoiser call and one gradient each).
         threshold: resample (systematically) a measurement's particles when their ESS < threshold * N.
+        particles_per_draw: None: the num_samples draws are the particles of one system; K: each draw comes from its
+            own system of K particles (independent draws, num_samples * K particles; ``smc.py``).
         data_variance: v of the twist's inflation r_t^2 = v sigma_t^2 / (v + sigma_t^2) (0: no inflation).
         schedule, train_steps: the discrete VP schedule giving the sigma levels (DDPM linear, 1000).
     """
@@ -63,8 +65,8 @@ class TDS(_SMCSampler):
     requires = frozenset({"differentiable"})
 
     def __init__(self, num_steps: int = 100, threshold: float = 0.5, data_variance: float = 1.0,
-                 schedule: str = "linear", train_steps: int = 1000):
-        super().__init__(threshold)
+                 schedule: str = "linear", train_steps: int = 1000, particles_per_draw: int | None = None):
+        super().__init__(threshold, particles_per_draw)
         if not 2 <= num_steps <= train_steps:
             raise ValueError(f"TDS: num_steps must be in [2, train_steps={train_steps}], got {num_steps}")
         if data_variance < 0:
@@ -110,7 +112,7 @@ class TDS(_SMCSampler):
         self.cost.grad_calls += 1
         return x0.detach(), y_hat.detach(), lt.detach(), g
 
-    def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
+    def _smc(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
         if self._gaussian(operator) and operator.sigma == 0 and self.data_variance == 0:
             raise ValueError("TDS: noise-free data needs data_variance > 0 (the twist N(y; A x0_hat, sigma_y^2 + "
                              "r_t^2) is degenerate with sigma_y = 0 and r_t = 0)")
