@@ -22,11 +22,16 @@ INPAINT = {"class_path": "diffinv.operators.image.Inpainting",
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli_env() -> dict[str, str]:
+    """The environment of a ``diffinv`` subprocess: this checkout and the tests on the path, one thread."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
-    out = subprocess.run([sys.executable, "-m", "lightning_modules.cli", *args], cwd=cwd, env=env,
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "lightning_modules.cli", *args], cwd=cwd, env=cli_env(),
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
     return out

@@ -7,11 +7,17 @@ uninterrupted run.
 * ``diffinv predict`` (``model.init_args.checkpoint_every``) killed with SIGTERM, and with SIGKILL, once
   ``item000.ensemble.pt`` exists: the re-run logs ``resumed item000 at step k`` and writes the same samples as an
   uninterrupted run into another folder; the checkpoint is gone once the item is complete.
+* Data-parallel ``diffinv predict`` on 2 processes (each rank solves its own item): each rank checkpoints the item
+  it solves (seen on disk during the run, for both items) and the run ends with the one-process samples and no
+  checkpoint left.
 """
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -23,6 +29,7 @@ from lightning_modules.ensemble_checkpoint import EnsembleCheckpoint
 from posterior_checks import gaussian_problem
 from predict_data import (interrupted_predict, predict_in_process, prior_config, problem_config,
                           sampler_config, write_configs)
+from test_ddp import DDP, cli_env
 
 
 @pytest.fixture(autouse=True)
@@ -77,12 +84,12 @@ INPAINT = {"class_path": "diffinv.operators.image.Inpainting",
            "init_args": {"input_shape": [1, 16, 16], "mask_type": "random", "drop_prob": 0.5}}
 
 
-def configs(folder, out):
+def configs(folder, out, num_items: int = 1):
     s = sampler_config("diffinv.samplers.enkg.EnKG", num_samples=12, num_steps=60, batch_size=None,
                        update="kalman", stochastic=True, relaxation=0.6, max_ode_steps=4, ode_steps_divisor=2)
     s["model"]["init_args"]["checkpoint_every"] = 2
-    return write_configs(folder, prior_config(1, 16), problem_config(INPAINT, (1, 16, 16), out, num_items=1,
-                                                                       kind="blobs"), s)
+    return write_configs(folder, prior_config(1, 16), problem_config(INPAINT, (1, 16, 16), out,
+                                                                       num_items=num_items, kind="blobs"), s)
 
 
 @pytest.fixture(scope="module")
@@ -111,4 +118,26 @@ def test_killed_predict_resumes_from_its_ensemble_checkpoint(tmp_path, uninterru
     with np.load(folder / "item000.npz") as z:
         assert np.array_equal(z["samples"], uninterrupted)
     assert json.loads((folder / "item000.json").read_text())["id"] == "item000"
+    assert not [p.name for p in folder.iterdir() if p.name.endswith((".ensemble.pt", ".tmp"))]
+
+
+def test_each_rank_checkpoints_the_item_it_solves(tmp_path):
+    items = ("item000", "item001")
+    args = configs(tmp_path / "c2", tmp_path / "two", num_items=2)
+    folder = tmp_path / "two" / "predictions" / "enkg"
+    run = subprocess.Popen([sys.executable, "-m", "lightning_modules.cli", "predict", *args, *DDP], cwd=tmp_path,
+                           env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, start = set(), time.monotonic()
+    while run.poll() is None and time.monotonic() - start < 300:
+        seen |= {sid for sid in items if (folder / f"{sid}.ensemble.pt").exists()}
+        time.sleep(0.02)
+    log = run.communicate(timeout=60)[0]
+    assert run.returncode == 0, log[-3000:]
+    assert seen == set(items), f"ensemble checkpoints seen during the run: {sorted(seen)}\n{log[-2000:]}"
+    solvers = {json.loads((folder / f"{sid}.json").read_text())["rank"] for sid in items}
+    assert solvers == {0, 1}, solvers                                  # each rank solved one of the items
+    predict_in_process(configs(tmp_path / "c1", tmp_path / "one", num_items=2))
+    for sid in items:
+        with np.load(folder / f"{sid}.npz") as a, np.load(tmp_path / "one" / "predictions" / "enkg" / f"{sid}.npz") as b:
+            np.testing.assert_allclose(a["samples"], b["samples"], rtol=0, atol=1e-5 * np.abs(b["samples"]).max())
     assert not [p.name for p in folder.iterdir() if p.name.endswith((".ensemble.pt", ".tmp"))]
