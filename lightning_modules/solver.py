@@ -48,6 +48,7 @@ from diffinv.priors.description import check_problem
 from diffinv.priors.pixel import PixelPrior
 from diffinv.samplers.base import Sampler, posterior_stats, real_dtype
 from diffinv.samplers.particles import ShardedParticles
+from diffinv.samplers.smc import ess_summary
 
 from . import sample_parallel as sp
 from .diagnosis import Trajectory, failure_record, misfit_check
@@ -350,6 +351,7 @@ class InverseProblemSolver(LightningModule):
     def _draw(self, sample_id: str, y_obs: Tensor, op: Operator, callback) -> tuple[Tensor, dict[str, int]]:
         """All ``num_samples`` draws of the item, sample-major, and the cost of making them (summed over ranks)."""
         checkpoint = self._checkpoint(sample_id)
+        self._weights = []                      # the SMC samplers' ESS summary per call (smc.ess_summary)
         if self.shares_items and self.sampler.shardable:          # one ensemble split over the ranks
             particles = ShardedParticles(self.num_samples)
             error = None
@@ -372,6 +374,7 @@ class InverseProblemSolver(LightningModule):
                                                  generator=self._generator(sp.block_seed(self.seed, sample_id, k)),
                                                  callback=callback, **kwargs))
                 costs.append(self._cost())
+                self._weights.append(ess_summary(self.sampler))
         except Exception as err:          # noqa: BLE001
             if not self.shares_items:
                 raise
@@ -407,6 +410,15 @@ class InverseProblemSolver(LightningModule):
         with self._stop_on_sigterm():
             metrics = evaluate_metrics(self.metric_names, samples, x_true, y_obs, op, mean=mean)
         checks = {}
+        weights = [w for w in self._weights if w is not None]
+        if weights:                     # an SMC sampler: its effective sample size, per call (block of draws)
+            checks["ess"] = weights if len(weights) > 1 else weights[0]
+            low = [w for w in weights if w["final"] < 2]
+            if low:
+                log.warning("%s: %s's final weights rest on %.3g particle(s) of %d (effective sample size): the "
+                            "draws are copies of one or two particles; use more particles, more steps or "
+                            "particles_per_draw", sample_id, type(self.sampler).__name__, low[0]["final"],
+                            low[0]["particles"])
         misfit = misfit_check(op, y_obs, metrics.get("misfit"))
         if misfit is not None:
             checks["misfit"] = misfit

@@ -405,6 +405,37 @@ def test_broken_smc_fails_the_gaussian_check(name, what):
     assert any(gaussian_violations(broken(cls, BROKEN[what])(**kwargs), dy) for dy in (1, 2, 4))
 
 
+# ============================================================================ (d) what a predict run records
+PREDICT_SMC = {  # the last: a twist inflated a million times is flat, so the final exact likelihood picks one
+    "MCGdiff": ("diffinv.samplers.mcgdiff.MCGdiff", dict(num_steps=8)),
+    "MCGdiff-per-draw": ("diffinv.samplers.mcgdiff.MCGdiff", dict(num_steps=8, particles_per_draw=4)),
+    "TDS-flat-twist": ("diffinv.samplers.tds.TDS", dict(num_steps=8, data_variance=1e6)),
+}
+
+
+@pytest.mark.parametrize("case", list(PREDICT_SMC))
+def test_predict_records_the_effective_sample_size(tmp_path, case, caplog):
+    """The item's JSON keeps the ESS of the run (checks.ess), and a warning says so when the final weights rest on
+    fewer than 2 particles (and only then)."""
+    import json
+
+    from predict_data import predict_in_process, prior_config, problem_config, sampler_config, write_configs
+
+    op = {"class_path": "diffinv.operators.image.Inpainting",
+          "init_args": {"input_shape": [1, 16, 16], "mask_type": "random", "drop_prob": 0.5}}
+    class_path, kwargs = PREDICT_SMC[case]
+    s = sampler_config(class_path, num_samples=4, **kwargs)
+    predict_in_process(write_configs(tmp_path / "c", prior_config(1, 16),
+                                     problem_config(op, (1, 16, 16), tmp_path / "run", num_items=1, kind="blobs"), s))
+    folder = class_path.split(".")[-2]
+    record = json.loads((tmp_path / "run" / "predictions" / folder / "item000.json").read_text())
+    ess = record["checks"]["ess"]
+    systems = 4 if "particles_per_draw" in kwargs else 1
+    assert (ess["particles"], ess["systems"], len(ess["per_step"])) == (4, systems, 8 if folder == "mcgdiff" else 7)
+    assert 0 < ess["min"] <= 4 + 1e-6 and 0 < ess["final"] <= 4 + 1e-6 and 0 <= ess["resamplings"] <= 8
+    assert ("effective sample size" in caplog.text) == (ess["final"] < 2), (ess, caplog.text[-500:])
+
+
 if __name__ == "__main__":      # the figures of the module docstring
     import sys
 

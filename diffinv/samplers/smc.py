@@ -134,6 +134,22 @@ def gaussian_logpdf_sum(x: Tensor, mean: Tensor, var: Tensor | float) -> Tensor:
     return -(((x - mean).abs() ** 2) / (2 * var)).reshape(x.shape[0], -1).sum(1)
 
 
+def ess_summary(sampler) -> dict | None:
+    """What a run's record keeps of an SMC sampler's last call (``None`` for other samplers): particles per system,
+    systems (measurements x independent draws), the smallest ESS of any step and system, the final ESS (mean over
+    systems), resampling events per system (mean), and the ESS per step (mean over systems), all read to the host
+    once, after sampling."""
+    if getattr(sampler, "final_ess", None) is None:
+        return None
+    n = sampler.particles_per_draw or sampler._last_particles
+    final = sampler.final_ess.double().cpu()
+    steps = sampler.ess.double().cpu() if sampler.ess is not None else final[None]
+    resampled = sampler.resampled.double().cpu().sum(0) if sampler.resampled is not None else torch.zeros_like(final)
+    return {"particles": int(n), "systems": int(final.numel()), "min": float(steps.min()),
+            "final": float(final.mean()), "resamplings": float(resampled.mean()),
+            "per_step": [round(float(v), 3) for v in steps.mean(1)]}
+
+
 # ----------------------------------------------------------------------------- shared sampler part
 class _SMCSampler(Sampler):
     """Base of the SMC samplers: the ESS threshold, the ESS record and the final resampling."""
@@ -153,6 +169,7 @@ class _SMCSampler(Sampler):
 
     def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
         k = self.particles_per_draw
+        self._last_particles = num_samples if k is None else k
         if k is None:
             return self._smc(y, operator, prior, num_samples, generator, callback)
         # num_samples independent systems of k particles: each measurement repeated num_samples times (sample-major,
