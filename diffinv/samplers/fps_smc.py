@@ -36,7 +36,10 @@ step, the move by Matheron's rule: ``x' = x_p + v A^T (v A A^T + sigma_y^2)^{-1}
 FPS targets the filtering distribution of a model in which the observations ``y_t`` of different levels carry
 independent noise given the signal; the diffused measurement they are drawn as shares one ``e`` across levels, so
 its draws are not exact for a finite number of particles and steps: the exact test bed and the Gaussian-mixture
-tests measure what is left (``tests/test_smc.py``, ``tests/posterior_cases.py``).
+tests measure what is left (``tests/test_smc.py``, ``tests/posterior_cases.py``). As particles grow they do not
+approach the posterior either: in 1-D their variance is that of the exact filter of FPS's own model (a Kalman
+recursion with an independent observation at every level; ``tests/test_smc.py`` matches it to within 1 %), which
+is 5-9 % of the posterior's there.
 """
 from __future__ import annotations
 
