@@ -362,6 +362,7 @@ class InverseProblemSolver(LightningModule):
             except Exception as err:      # noqa: BLE001 - every rank learns of it below
                 error = err
             sp.raise_if_any_failed(error)
+            self._weights.append(ess_summary(self.sampler))          # global statistics: the same on every rank
             return particles.collect(local, y_obs.shape[0]), sp.summed(sp.all_ranks(self._cost()))
         plan = sp.blocks(self.num_samples, self.per_call)
         world = self.trainer.world_size if self.shares_items else 1

@@ -5,7 +5,8 @@ the W processes) runs every case of :data:`CASES` with ``particles=ShardedPartic
 case's whole ensemble (``collect``) and every rank its traffic to ``DIR``; :func:`one_process` runs the same case
 on one process without ranks. The problems are float64: a Gaussian mixture (MCGdiff's, d = 8, 4 observations,
 two measurements at once) and a small Navier–Stokes problem (16 x 16 Gaussian prior, vorticity observed every 4th
-grid point at t = 0.05, 16 values, noise 0.1). N = 11 particles: 6 + 5 on 2 ranks, 4 + 4 + 3 on 3.
+grid point at t = 0.05, 16 values, noise 0.1). N = 11 particles: 6 + 5 on 2 ranks, 4 + 4 + 3 on 3. The SMC samplers
+(MCGdiff, TDS, FPS-SMC) run on the mixture with resampling at every step.
 """
 from __future__ import annotations
 
@@ -60,8 +61,21 @@ def eki():
     return EKI(num_iterations=4, tau=None, fit_samples=8)
 
 
+def smc(name: str):
+    """An SMC sampler that resamples whenever the weights differ (threshold 1), so that particles move between
+    ranks at every step."""
+    from diffinv.samplers import FPSSMC, TDS, MCGdiff
+
+    return {"MCGdiff": lambda: MCGdiff(num_steps=20, threshold=1.0),
+            "TDS": lambda: TDS(num_steps=20, threshold=1.0, data_variance=130.0),
+            "FPSSMC": lambda: FPSSMC(num_steps=20, threshold=1.0)}[name]()
+
+
 # name -> (problem, sampler factory)
 CASES = {
+    "gmm_mcgdiff": (gmm_problem, lambda: smc("MCGdiff")),
+    "gmm_tds": (gmm_problem, lambda: smc("TDS")),
+    "gmm_fps_smc": (gmm_problem, lambda: smc("FPSSMC")),
     "gmm_reference": (gmm_problem, lambda: enkg(guidance_scale=1.0)),
     "gmm_kalman": (gmm_problem, lambda: enkg(update="kalman", num_updates=2, stochastic=True, relaxation=0.6)),
     "ns_reference": (ns_problem, lambda: enkg(num_updates=1)),
@@ -101,9 +115,9 @@ class Interrupt(Exception):
     pass
 
 
-def failure_case(particles) -> str:
-    """``gmm_reference`` whose forward model raises on rank 1 at its third call: what each rank raised."""
-    problem, make = CASES["gmm_reference"]
+def failure_case(particles, name: str = "gmm_reference") -> str:
+    """Case ``name`` whose forward model raises on rank 1 at its third call: what each rank raised."""
+    problem, make = CASES[name]
     prior, op, y = problem()
     calls, forward = [0], op.forward
 
@@ -180,10 +194,13 @@ def main(argv=None) -> int:
             torch.save({"x": full, "ancestors": ancestors}, args.out / "resampling.pt")
         checkpoint_case(ShardedParticles(N), args.out)
         if args.world > 1:       # as the solver does next: every rank learns every rank's outcome
-            outcomes = [None] * args.world
-            dist.all_gather_object(outcomes, failure_case(ShardedParticles(N)))
+            failures = {}
+            for name in ("gmm_reference", "gmm_tds"):
+                outcomes = [None] * args.world
+                dist.all_gather_object(outcomes, failure_case(ShardedParticles(N), name))
+                failures[name] = outcomes
             if args.rank == 0:
-                (args.out / "failure.json").write_text(json.dumps(outcomes))
+                (args.out / "failure.json").write_text(json.dumps(failures))
         torch.save(traffic, args.out / f"traffic{args.rank}.pt")
     finally:
         dist.destroy_process_group()

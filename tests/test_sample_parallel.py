@@ -3,8 +3,8 @@
 * DPS (independent draws, 5 per item in blocks of 2: ranks draw 2 + 2 and 1) on 2 processes (Lightning DDP,
   gloo) writes the same samples, mean, std and metrics as on 1 process with the same settings; each item is
   written once, by rank 0, and rank 1 logs it as ``shared``.
-* EnKG (one ensemble of 7 particles, 4 + 3 on 2 ranks) on 2 processes writes the samples of the plain one-process
-  run (no sample_parallel) to float32 round-off.
+* EnKG and MCGdiff (one ensemble of 7 particles, 4 + 3 on 2 ranks) on 2 processes write the samples of the plain
+  one-process run (no sample_parallel) to float32 round-off.
 * The block layout: block 0 keeps a one-call run's seed, the blocks of a rank are contiguous.
 """
 from __future__ import annotations
@@ -66,14 +66,28 @@ def test_dps_two_processes_make_the_draws_of_one(tmp_path):
     assert json.loads((two / "summary.json").read_text())["count"] == len(ITEMS)
 
 
-def test_enkg_ensemble_split_over_two_processes(tmp_path):
-    sampler = sampler_config("diffinv.samplers.enkg.EnKG", num_samples=7, num_steps=10, batch_size=4,
-                             update="kalman", stochastic=True, relaxation=0.6, max_ode_steps=2)
+ENSEMBLES = {
+    "enkg": sampler_config("diffinv.samplers.enkg.EnKG", num_samples=7, num_steps=10, batch_size=4,
+                           update="kalman", stochastic=True, relaxation=0.6, max_ode_steps=2),
+    "mcgdiff": sampler_config("diffinv.samplers.mcgdiff.MCGdiff", num_samples=7, num_steps=10, threshold=1.0),
+}
+
+
+@pytest.mark.parametrize("name", list(ENSEMBLES))
+def test_ensemble_split_over_two_processes(tmp_path, name):
+    """One particle system, 4 + 3 particles on 2 ranks (an SMC sampler's particles move between them when it
+    resamples): the samples of the plain one-process run."""
+    sampler = json.loads(json.dumps(ENSEMBLES[name]))
     plain = json.loads(json.dumps(sampler))
     sampler["model"]["init_args"]["sample_parallel"] = True
     run_cli(["predict", *configs(tmp_path / "c2", tmp_path / "two", sampler), *DDP], cwd=tmp_path)
     predict_in_process(configs(tmp_path / "c1", tmp_path / "one", plain))
-    two, one = (tmp_path / name / "predictions" / "enkg" for name in ("two", "one"))
+    two, one = (tmp_path / n / "predictions" / name for n in ("two", "one"))
+    if name == "mcgdiff":                      # the ESS of the whole system, as on one process
+        (_, ra), (_, rb) = load(two, ITEMS[0]), load(one, ITEMS[0])
+        ea, eb = ra["checks"]["ess"], rb["checks"]["ess"]
+        assert ea.pop("per_step") == pytest.approx(eb.pop("per_step"), abs=1e-3) and ea == pytest.approx(eb)
+        assert ea["particles"] == 7
     assert events(two, 0) == [("written", sid) for sid in ITEMS]
     assert events(two, 1) == [("shared", sid) for sid in ITEMS]
     for sid in ITEMS:

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from .particles import LocalParticles
-from .smc import systematic_resample
 
 
 def global_log_weights(log_weights: Tensor, particles=None) -> Tensor:
@@ -36,7 +35,7 @@ def global_log_weights(log_weights: Tensor, particles=None) -> Tensor:
 
 
 def resample(log_weights: Tensor, x: Tensor, generator: torch.Generator | None, particles=None,
-             select=systematic_resample) -> tuple[Tensor, Tensor]:
+             select=None) -> tuple[Tensor, Tensor]:
     """Resample this rank's particles ``x [n_r, B, ...]`` by the global weights (module docstring). Returns the new
     particles of this rank ``[n_r, B, ...]`` and the global ancestors ``[N, B]``."""
     particles = particles or LocalParticles(x.shape[0])
@@ -44,9 +43,19 @@ def resample(log_weights: Tensor, x: Tensor, generator: torch.Generator | None, 
     lw = global_log_weights(log_weights, particles)
     gen_device = generator.device if generator is not None else "cpu"
     u = particles.broadcast(torch.rand(b, generator=generator, dtype=torch.float64, device=gen_device).to(x.device))
+    if select is None:
+        from .smc import systematic_resample as select
     ancestors = select(lw, u)
+    return move(x, ancestors, particles), ancestors
+
+
+def move(x: Tensor, ancestors: Tensor, particles=None) -> Tensor:
+    """This rank's new particles ``[n_r, B, ...]``: new particle j of measurement b is old particle
+    ``ancestors[j, b]`` (global indices ``[N, B]``, the same on every rank), wherever it is held (one all-to-all)."""
+    particles = particles or LocalParticles(x.shape[0])
+    b = x.shape[1]
     if not particles.sharded:
-        return x[ancestors, torch.arange(b, device=x.device)[None]], ancestors
+        return x[ancestors, torch.arange(b, device=x.device)[None]]
     flat = ancestors.reshape(-1)                                                   # pair (j, b) at j * B + b
     starts = torch.tensor([s for s, _ in particles.pieces], device=flat.device)
     owner = torch.searchsorted(starts, flat, right=True) - 1                       # rank holding each ancestor
@@ -64,4 +73,4 @@ def resample(log_weights: Tensor, x: Tensor, generator: torch.Generator | None, 
     received = particles.exchange(rows, send_counts, recv_counts)
     out = x.new_empty((particles.count * b, *x.shape[2:]))
     out[torch.argsort(holders, stable=True)] = received
-    return out.reshape(x.shape), ancestors
+    return out.reshape(x.shape)

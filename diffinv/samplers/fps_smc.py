@@ -102,7 +102,7 @@ class FPSSMC(_SMCSampler):
         dtype = real_dtype(y)
         b, n = y.shape[0], num_samples
         sig = self.sigmas()
-        space = _Spectral(operator, y, n, dtype) if operator.has_svd else _Pixels(self, operator, y, n)
+        space = _Spectral(operator, y, n, dtype, self._randn) if operator.has_svd else _Pixels(self, operator, y, n)
         sy2 = sy**2
         # the first observation and the start: N(0, 1 + sigma_0^2) conditioned on it
         y_t = space.y0 + sig[0] * space.noise_in_range(generator)
@@ -113,7 +113,7 @@ class FPSSMC(_SMCSampler):
             a, v = self.kernel(s, s1)
             y_t = space.y0 + a * (y_t - space.y0) + (v**0.5) * space.noise_in_range(generator)   # y at sigma'
             self.cost.nfe += 1
-            x0 = space.denoise(prior, x, s)
+            x0 = self._guard(lambda: space.denoise(prior, x, s), like=x)
             m = x0 + a * (x - x0)
             y_rep = space.rep(y_t)
             log_w = log_w + space.log_predictive(m, y_rep, v, sy2).double().view(n, b)
@@ -128,8 +128,8 @@ class _Spectral:
     """FPS in the spectral coordinates of ``A = U diag(s) V^T``: particles ``xbar = V^T x [NB, d]``, observations
     ``U^T y [B, d]`` (zero beyond the rank), all conditionals diagonal."""
 
-    def __init__(self, operator, y: Tensor, n: int, dtype):
-        self.op, self.n, self.b = operator, n, y.shape[0]
+    def __init__(self, operator, y: Tensor, n: int, dtype, noise):
+        self.op, self.n, self.b, self.noise = operator, n, y.shape[0], noise
         sv = operator.singulars().to(dtype)
         self.s = sv                                                           # [1 or B, d]
         self.s_rep = repeat_measurement(sv, n) if sv.shape[0] == self.b and self.b > 1 else sv
@@ -161,7 +161,7 @@ class _Spectral:
         prec = 1.0 / v + self.s_rep**2 / sy2
         mean = torch.where(obs, (m / v + self.s_rep * u / sy2) / prec, m)
         var = torch.where(obs, 1.0 / prec, torch.full_like(prec, v))
-        return mean + var.sqrt() * randn(m.shape, generator, like=m)
+        return mean + var.sqrt() * self.noise(m.shape, generator, like=m)
 
     def image(self, xbar: Tensor) -> Tensor:
         return self.op.V(xbar)
@@ -206,8 +206,8 @@ class _Pixels:
         return -(r * w).reshape(r.shape[0], -1).sum(1) / 2
 
     def move(self, m: Tensor, v: float, u: Tensor, sy2: float, generator) -> Tensor:
-        xp = m + v**0.5 * randn(m.shape, generator, like=m)
-        r = u - self._A(xp) - sy2**0.5 * randn(u.shape, generator, like=u)
+        xp = m + v**0.5 * self.sampler._randn(m.shape, generator, like=m)
+        r = u - self._A(xp) - sy2**0.5 * self.sampler._randn(u.shape, generator, like=u)
         return xp + v * self._At(self._solve(r, v, sy2))
 
     def image(self, x: Tensor) -> Tensor:

@@ -66,7 +66,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion import DiscreteVPSchedule
-from .base import randn, real_dtype, repeat_measurement
+from .base import real_dtype, repeat_measurement
 from .smc import _SMCSampler
 
 _SNAP = 1e-4       # pin levels with sigma_k^2 - p^2 < _SNAP sigma_k^2 move up to the grid level sigma_k
@@ -130,7 +130,7 @@ class MCGdiff(_SMCSampler):
         # weights); a coordinate pinned above sigma_0 is drawn from that law conditioned on ybar at level p
         s0 = sig[0]
         prior_var = 1.0 + s0**2
-        z = randn(ybar.shape, generator, like=ybar)
+        z = self._randn(ybar.shape, generator, like=ybar)
         guided = p < s0
         g_var = torch.where(guided, s0**2 - p2, torch.ones_like(p2))
         post_var = 1.0 / (1.0 / prior_var + 1.0 / g_var)
@@ -145,7 +145,8 @@ class MCGdiff(_SMCSampler):
             s, s1 = sig[i], sig[i + 1]
             x = operator.V(xbar)
             self.cost.nfe += 1
-            x0bar = operator.Vt(prior.denoise(x, torch.full((x.shape[0],), s, dtype=dtype, device=x.device)))
+            x0bar = self._guard(lambda: operator.Vt(prior.denoise(x, torch.full((x.shape[0],), s, dtype=dtype,
+                                                                              device=x.device))), like=xbar)
             a, v = s1**2 / s**2, s1**2 * (s**2 - s1**2) / s**2
             m = x0bar + a * (xbar - x0bar)
             active = p < s1                                                   # guided after this step too
@@ -162,7 +163,7 @@ class MCGdiff(_SMCSampler):
             log_w = log_w + (pred - prev).sum(1).double().view(n, b)
             log_w, (x0bar, m) = self._reweight(log_w, generator, x0bar, m)
             # the move (from the chosen ancestors)
-            z = randn(xbar.shape, generator, like=xbar)
+            z = self._randn(xbar.shape, generator, like=xbar)
             if v > 0:
                 g_var = torch.where(active, s1**2 - p2, ones)
                 prop_var = torch.where(active, 1.0 / (1.0 / v + 1.0 / g_var), torch.full_like(p2, v))

@@ -32,6 +32,11 @@ Function contracts (pure functions of their tensor arguments, no host synchronis
   ``torch.where``, so no Python branch depends on a tensor's value. ``log_w'`` is normalised.
 * ``gather_particles(x [N * B, ...], indices [N, B]) -> [N * B, ...]``: the resampled particles, in the same layout.
 
+Over ranks (``particles=ShardedParticles(N)``, ``shardable``): each rank holds its particles' rows; the log-weights
+are all-gathered at each resampling decision (N B values), every rank applies the same rule with the same uniforms,
+and ``distributed_resampling.move`` brings each rank the ancestors of its slots (one all-to-all). Noise is drawn
+through the particles object, so the result equals the one-process result row for row.
+
 ``_SMCSampler`` (its leading underscore keeps it out of the sampler registry) holds what the three samplers share:
 the ``threshold`` hyperparameter, the per-step ESS record and the final resampling that turns the weighted
 particles into N equally weighted draws.
@@ -69,6 +74,8 @@ import torch
 from torch import Tensor
 
 from .base import Sampler, repeat_measurement
+from .distributed_resampling import global_log_weights, move
+from .particles import LocalParticles
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -154,6 +161,17 @@ def ess_summary(sampler) -> dict | None:
 class _SMCSampler(Sampler):
     """Base of the SMC samplers: the ESS threshold, the ESS record and the final resampling."""
 
+    @property
+    def interacting(self) -> bool:
+        """One particle system (the draws share ancestors) unless each draw has its own (``particles_per_draw``)."""
+        return self.particles_per_draw is None
+
+    @property
+    def shardable(self) -> bool:
+        """One system's particles can be split over ranks (``particles=ShardedParticles(N)``); independent
+        systems are spread over ranks as independent draws instead."""
+        return self.particles_per_draw is None
+
     def __init__(self, threshold: float = 0.5, particles_per_draw: int | None = None):
         super().__init__()
         if not 0 <= threshold <= 1:
@@ -166,12 +184,18 @@ class _SMCSampler(Sampler):
         self.threshold, self.particles_per_draw = threshold, particles_per_draw
         self.ess = self.resampled = self.final_ess = None
         self._one_draw = False
+        self._particles = LocalParticles(1)
 
-    def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
+    def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback, particles=None) -> Tensor:
         k = self.particles_per_draw
         self._last_particles = num_samples if k is None else k
+        if particles is not None and k is not None:
+            raise ValueError(f"{type(self).__name__}: particles_per_draw runs independent systems, which cannot be "
+                             f"split over ranks (particles=); give one or the other")
+        self._particles = particles or LocalParticles(num_samples if k is None else k)
         if k is None:
-            return self._smc(y, operator, prior, num_samples, generator, callback)
+            with self._particles.run():
+                return self._smc(y, operator, prior, self._particles.count, generator, callback)
         # num_samples independent systems of k particles: each measurement repeated num_samples times (sample-major,
         # so system m of measurement b is column m * B + b), one draw from each system's final weights
         self._one_draw = True
@@ -188,21 +212,50 @@ class _SMCSampler(Sampler):
         self._ess_steps: list[Tensor] = []
         self._resampled_steps: list[Tensor] = []
 
+    def _randn(self, shape, generator, like: Tensor, dtype=None) -> Tensor:
+        """Noise for this rank's particles (sample-major rows): the same draws whatever the number of ranks."""
+        return self._particles.randn(shape, generator, like=like, dtype=dtype)
+
+    def _guard(self, compute, like: Tensor) -> Tensor:
+        """This rank's network / forward-model work, ``compute() -> tensor shaped like ``like``: on a rank that
+        fails, NaN instead, so that no rank waits in the next collective (``particles.guard``)."""
+        return self._particles.guard(lambda: (compute(),), tuple(like.shape), like=like)[0]
+
+    def _move(self, t: Tensor, idx: Tensor) -> Tensor:
+        """This rank's rows of ``t [n_r * B, ...]`` after resampling by the global ancestors ``idx [N, B]``."""
+        if not self._particles.sharded:
+            return gather_particles(t, idx)
+        b = idx.shape[1]
+        return move(t.reshape(-1, b, *t.shape[1:]), idx, self._particles).reshape(t.shape)
+
+    def _global(self, log_w: Tensor, generator) -> tuple[Tensor, Tensor]:
+        """Every particle's log-weights ``[N, B]`` (one all-gather when sharded) and the step's uniforms ``[B]``."""
+        u = self._particles.broadcast(uniforms(log_w.shape[1], generator, log_w.device))
+        return global_log_weights(log_w, self._particles), u
+
+    def _local(self, log_w: Tensor) -> Tensor:
+        p = self._particles
+        return log_w[p.start:p.start + p.count] if p.sharded else log_w
+
     def _reweight(self, log_w: Tensor, generator, *tensors: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """Record the ESS of ``log_w [N, B]``, apply the ESS-threshold rule and gather each ``[N * B, ...]`` tensor
-        of ``tensors`` with the chosen ancestors: ``(log_w', (gathered tensors))``."""
-        u = uniforms(log_w.shape[1], generator, log_w.device)
+        """Record the ESS of this rank's ``log_w [n_r, B]`` with the others', apply the ESS-threshold rule to all
+        particles and move each ``[n_r * B, ...]`` tensor of ``tensors`` to the chosen ancestors:
+        ``(this rank's log_w', (moved tensors))``."""
+        log_w, u = self._global(log_w, generator)
         idx, log_w, ess, resampled = ess_rule(log_w, self.threshold, u)
         self._ess_steps.append(ess)
         self._resampled_steps.append(resampled)
-        return log_w, tuple(gather_particles(t, idx) for t in tensors)
+        return self._local(log_w), tuple(self._move(t, idx) for t in tensors)
 
     def _finish(self, log_w: Tensor, x: Tensor, generator) -> Tensor:
         """Resample ``x`` by its final weights into N equally weighted draws and publish the ESS record."""
-        u = uniforms(log_w.shape[1], generator, log_w.device)
+        log_w, u = self._global(log_w, generator)
         log_w = normalize_log_weights(log_w)
         final = effective_sample_size(log_w)
-        out = gather_particles(x, categorical_draw(log_w, u) if self._one_draw else systematic_resample(log_w, u))
+        out = self._move(x, categorical_draw(log_w, u) if self._one_draw else systematic_resample(log_w, u))
+        # a NaN weight anywhere (a failed rank's particles, a diverged likelihood) spoils every draw: resampling
+        # alone could pick only finite particles and hide it (0 * ESS is 0, or NaN; no host read)
+        out = out + (0 * final.sum()).to(out.dtype)
         self.ess = torch.stack(self._ess_steps) if self._ess_steps else None
         self.resampled = torch.stack(self._resampled_steps) if self._resampled_steps else None
         self.final_ess = final

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from ..diffusion import DiscreteVPSchedule
 from ..operators.noise import GaussianNoise
-from .base import randn, real_dtype, repeat_measurement
+from .base import real_dtype, repeat_measurement
 from .smc import _SMCSampler
 
 
@@ -100,7 +100,11 @@ class TDS(_SMCSampler):
 
     def _evaluate(self, x: Tensor, sigma: float, y: Tensor, operator, prior) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """At particles x of level sigma: ``(x0_hat, A(x0_hat), log twist, its gradient)``: one batched denoiser
-        call, one forward call, one backward pass."""
+        call, one forward call, one backward pass (NaN on a rank whose work failed, ``particles.guard``)."""
+        shapes = (tuple(x.shape), tuple(y.shape), (x.shape[0],), tuple(x.shape))
+        return self._particles.guard(lambda: self._evaluate_here(x, sigma, y, operator, prior), *shapes, like=x)
+
+    def _evaluate_here(self, x: Tensor, sigma: float, y: Tensor, operator, prior):
         with torch.enable_grad():
             xv = x.detach().requires_grad_(True)
             x0 = prior.denoise(xv, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device))
@@ -121,7 +125,7 @@ class TDS(_SMCSampler):
         b, n = y.shape[0], num_samples
         sig = self.sigmas()
         y_rep = repeat_measurement(y, n)
-        x = (1 + sig[0] ** 2) ** 0.5 * randn((n * b, *operator.input_shape), generator, like=y, dtype=dtype)
+        x = (1 + sig[0] ** 2) ** 0.5 * self._randn((n * b, *operator.input_shape), generator, like=y, dtype=dtype)
         x0, y_hat, lt, g = self._evaluate(x, sig[0], y_rep, operator, prior)
         log_w = lt.double().view(n, b)                                       # the first weight: the first twist
         for i in range(self.num_steps - 1):
@@ -131,7 +135,7 @@ class TDS(_SMCSampler):
             x0_tw = x0 + s**2 * g                                            # conditional Tweedie estimate
             mean_tw = x0_tw + a * (x - x0_tw)
             mean_un = x0 + a * (x - x0)
-            z = randn(x.shape, generator, like=x)
+            z = self._randn(x.shape, generator, like=x)
             x_new = mean_tw + v**0.5 * z
             # log p(x' | x) - log q(x' | x, y) (same variance: the normalising constants cancel)
             log_ratio = (z.pow(2) / 2 - (x_new - mean_un).pow(2) / (2 * v)).reshape(x.shape[0], -1).sum(1)
