@@ -137,7 +137,8 @@ def test_each_rank_checkpoints_the_item_it_solves(tmp_path):
     solvers = {json.loads((folder / f"{sid}.json").read_text())["rank"] for sid in items}
     assert solvers == {0, 1}, solvers                                  # each rank solved one of the items
     predict_in_process(configs(tmp_path / "c1", tmp_path / "one", num_items=2))
+    one = tmp_path / "one" / "predictions" / "enkg"
     for sid in items:
-        with np.load(folder / f"{sid}.npz") as a, np.load(tmp_path / "one" / "predictions" / "enkg" / f"{sid}.npz") as b:
+        with np.load(folder / f"{sid}.npz") as a, np.load(one / f"{sid}.npz") as b:
             np.testing.assert_allclose(a["samples"], b["samples"], rtol=0, atol=1e-5 * np.abs(b["samples"]).max())
     assert not [p.name for p in folder.iterdir() if p.name.endswith((".ensemble.pt", ".tmp"))]

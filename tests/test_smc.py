@@ -40,8 +40,8 @@ from diffinv.operators import GaussianNoise, MatrixOperator
 from diffinv.priors import GaussianMixturePrior
 from diffinv.samplers import FPSSMC, MCGdiff, TDS
 from diffinv.samplers.evaluation import make_gmm_problem, sliced_wasserstein
-from diffinv.samplers.smc import (categorical_draw, effective_sample_size, ess_rule, gather_particles, normalize_log_weights,
-                                  systematic_resample)
+from diffinv.samplers.smc import (categorical_draw, effective_sample_size, ess_rule, gather_particles,
+                                  normalize_log_weights, systematic_resample)
 
 
 # ============================================================================ (a) the mechanism
@@ -284,8 +284,8 @@ def test_sliced_wasserstein_falls_with_particles_full_grid(name):
 # the draws share no ancestors, so the error left is the SMC's bias at n particles, which falls with n. With one
 # particle per system a draw is the proposal alone (no weighting, no selection): the improvement over it is the
 # weights' work. Measured (MCGdiff, 1000 steps, 1 thread): d_y 4, 256 draws of 32 particles, SW / exact 1.02 and 1.09
-# on seeds 0 and 1 (64 particles: 1.04, 1.17); d_y 1, 128 draws of 32 particles, 1.69, 1.48, 1.91 on seeds 0, 1, 3, where one system of 4096
-# particles gives 5.1, 4.2 and 12.1.
+# on seeds 0 and 1 (64 particles: 1.04, 1.17); d_y 1, 128 draws of 32 particles, 1.69, 1.48, 1.91 on seeds 0, 1,
+# 3, where one system of 4096 particles gives 5.1, 4.2 and 12.1.
 INDEPENDENT_DRAWS = 256
 
 

@@ -6,7 +6,7 @@ Layout. A sampler with ``num_samples = N`` runs N particles per measurement, sto
 output (``docs/conventions.md#sampler-contract``): particle n of measurement b is row ``n * B + b`` of an
 ``[N * B, ...]`` tensor, so ``x.view(N, B, ...)[n, b]`` is that particle. Log-weights are ``[N, B]`` (one column per
 measurement, never normalised across measurements). All particles of all measurements go through the network in
-one call per step; resampling is a gather.
+one call per step; resampling is a gather (an all-to-all over ranks).
 
 Function contracts (pure functions of their tensor arguments, no host synchronisation, differentiable nowhere):
 
@@ -55,16 +55,18 @@ Two ways to get ``num_samples`` draws (``particles_per_draw``):
 
 After ``sample`` the sampler exposes
 
-* ``ess``: a ``[num_decisions, B]`` tensor on the particles' device, the ESS at each application of the ESS rule (one per step for
-  MCGdiff and FPS-SMC, after the step's reweighting; one per move for TDS, whose last step only lands on x0_hat),
+* ``ess``: a ``[num_decisions, B]`` tensor on the particles' device, the ESS at each application of the ESS rule
+  (one per step for MCGdiff and FPS-SMC, after the step's reweighting; one per move for TDS, whose last step only
+  lands on x0_hat),
 * ``resampled``: the matching ``[num_decisions, B]`` bool tensor, whether the rule resampled measurement b,
 * ``final_ess``: a ``[B]`` tensor, the ESS of the final weights, which the returned draws were resampled from
   (with 0 < final_ess <= N: N / final_ess is roughly the factor by which the Monte Carlo variance of a posterior
   mean exceeds that of N independent draws).
 
-They stay on the particles' device (no host synchronisation anywhere in the run: a caller that wants them on the
-host moves them once, after sampling). ``cost`` (``diffinv.diffusion.Cost``) is left as for every sampler: its fields are
-the integer counts every caller tabulates (``lightning_modules/solver.py`` writes them as integers).
+They stay on the particles' device (no host synchronisation in a one-process run; over ranks only the
+all-to-all's sizes are read): a caller that wants them on the host moves them once, after sampling. ``cost``
+(``diffinv.diffusion.Cost``) is left as for every sampler: its fields are the integer counts every caller tabulates
+(``lightning_modules/solver.py`` writes them as integers).
 """
 from __future__ import annotations
 
