@@ -102,6 +102,10 @@ class DiscreteVPSchedule(nn.Module):
     def abar(self, t: Tensor) -> Tensor:
         return 1.0 / (1.0 + self.t_to_sigma(t) ** 2)
 
+    def strided_sigmas(self, num_steps: int) -> list[float]:
+        """The sigma levels at :meth:`timesteps` (descending), as floats."""
+        return self.sigmas[self.timesteps(num_steps)].tolist()
+
     def timesteps(self, num_steps: int, offset: int = 0) -> Tensor:
         """Descending DDIM / DDRM sub-sequence of ``num_steps`` integer timesteps: ``i * (T // num_steps) + offset``
         for i = num_steps - 1, ..., 0, i.e. ``range(0, T, T // n)`` reversed (Song et al. 2021, "uniform" skip;

@@ -348,10 +348,10 @@ class InverseProblemSolver(LightningModule):
                                   write=self.global_rank == 0 or not self.shares_items, ignore_saved=writer.overwrite,
                                   event=writer.record_event, shared=self.shares_items)
 
-    def _draw(self, sample_id: str, y_obs: Tensor, op: Operator, callback) -> tuple[Tensor, dict[str, int]]:
-        """All ``num_samples`` draws of the item, sample-major, and the cost of making them (summed over ranks)."""
+    def _draw(self, sample_id: str, y_obs: Tensor, op: Operator, callback) -> tuple[Tensor, dict[str, int], list]:
+        """All ``num_samples`` draws of the item, sample-major, the cost of making them (summed over ranks) and,
+        the ESS summary of each of this rank's calls (``smc.ess_summary``: None but for an SMC sampler)."""
         checkpoint = self._checkpoint(sample_id)
-        self._weights = []                      # the SMC samplers' ESS summary per call (smc.ess_summary)
         if self.shares_items and self.sampler.shardable:          # one ensemble split over the ranks
             particles = ShardedParticles(self.num_samples)
             error = None
@@ -362,12 +362,12 @@ class InverseProblemSolver(LightningModule):
             except Exception as err:      # noqa: BLE001 - every rank learns of it below
                 error = err
             sp.raise_if_any_failed(error)
-            self._weights.append(ess_summary(self.sampler))          # global statistics: the same on every rank
-            return particles.collect(local, y_obs.shape[0]), sp.summed(sp.all_ranks(self._cost()))
+            weights = [ess_summary(self.sampler)]                    # global statistics: the same on every rank
+            return particles.collect(local, y_obs.shape[0]), sp.summed(sp.all_ranks(self._cost())), weights
         plan = sp.blocks(self.num_samples, self.per_call)
         world = self.trainer.world_size if self.shares_items else 1
         mine = sp.rank_blocks(len(plan), world)[self.global_rank if self.shares_items else 0]
-        draws, costs, error = [], [], None
+        draws, costs, weights, error = [], [], [], None
         try:
             for k in mine:
                 kwargs = {"checkpoint": checkpoint} if checkpoint is not None and len(plan) == 1 else {}
@@ -375,18 +375,18 @@ class InverseProblemSolver(LightningModule):
                                                  generator=self._generator(sp.block_seed(self.seed, sample_id, k)),
                                                  callback=callback, **kwargs))
                 costs.append(self._cost())
-                self._weights.append(ess_summary(self.sampler))
+                weights.append(ess_summary(self.sampler))
         except Exception as err:          # noqa: BLE001
             if not self.shares_items:
                 raise
             error = err
         if not self.shares_items:
-            return torch.cat(draws), sp.summed(costs)
+            return torch.cat(draws), sp.summed(costs), weights
         sp.raise_if_any_failed(error)
         counts = [sum(plan[k][1] for k in r) for r in sp.rank_blocks(len(plan), world)]
         layout = ShardedParticles(self.num_samples, pieces=[(sum(counts[:i]), c) for i, c in enumerate(counts)])
         local = torch.cat(draws) if draws else y_obs.new_empty((0, *op.input_shape), dtype=real_dtype(y_obs))
-        return layout.collect(local, y_obs.shape[0]), sp.summed(sp.all_ranks(sp.summed(costs)))
+        return layout.collect(local, y_obs.shape[0]), sp.summed(sp.all_ranks(sp.summed(costs))), weights
 
     def _solve(self, sample_id: str, x_true: Tensor, y_obs: Tensor, trajectory: Trajectory) -> dict[str, Any]:
         op = operator_for(self.operator, sample_id)
@@ -395,7 +395,7 @@ class InverseProblemSolver(LightningModule):
         t0 = time.perf_counter()
         try:
             with torch.no_grad(), self._stop_on_sigterm():
-                samples, cost = self._draw(sample_id, y_obs, op, callback)
+                samples, cost, weights = self._draw(sample_id, y_obs, op, callback)
         finally:
             close()
         if device.type == "cuda":
@@ -411,7 +411,7 @@ class InverseProblemSolver(LightningModule):
         with self._stop_on_sigterm():
             metrics = evaluate_metrics(self.metric_names, samples, x_true, y_obs, op, mean=mean)
         checks = {}
-        weights = [w for w in self._weights if w is not None]
+        weights = [w for w in weights if w is not None]
         if weights:                     # an SMC sampler: its effective sample size, per call (block of draws)
             checks["ess"] = weights if len(weights) > 1 else weights[0]
             low = [w for w in weights if w["final"] < 2]

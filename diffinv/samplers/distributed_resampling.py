@@ -26,6 +26,12 @@ from torch import Tensor
 from .particles import LocalParticles
 
 
+def uniforms(b: int, generator: torch.Generator | None, device) -> Tensor:
+    """One U[0, 1) draw per measurement from the sampler's generator (on the generator's device, as ``randn``)."""
+    gen_device = generator.device if generator is not None else "cpu"
+    return torch.rand(b, generator=generator, dtype=torch.float64, device=gen_device).to(device)
+
+
 def global_log_weights(log_weights: Tensor, particles=None) -> Tensor:
     """Every particle's log-weights ``[N, B]`` from this rank's ``[n_r, B]`` (one all-gather)."""
     if particles is None:
@@ -41,8 +47,7 @@ def resample(log_weights: Tensor, x: Tensor, generator: torch.Generator | None, 
     particles = particles or LocalParticles(x.shape[0])
     b = x.shape[1]
     lw = global_log_weights(log_weights, particles)
-    gen_device = generator.device if generator is not None else "cpu"
-    u = particles.broadcast(torch.rand(b, generator=generator, dtype=torch.float64, device=gen_device).to(x.device))
+    u = particles.broadcast(uniforms(b, generator, x.device))
     if select is None:
         from .smc import systematic_resample as select
     ancestors = select(lw, u)

@@ -46,7 +46,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..diffusion import DiscreteVPSchedule
 from ..operators.base import conjugate_gradient
 from .base import randn, real_dtype, repeat_measurement
 from .smc import _SMCSampler
@@ -71,19 +70,10 @@ class FPSSMC(_SMCSampler):
     def __init__(self, num_steps: int = 1000, c_rate: float | None = 0.95, threshold: float = 0.5,
                  cg_tol: float = 1e-6, cg_max_iter: int = 100, schedule: str = "linear", train_steps: int = 1000,
                  particles_per_draw: int | None = None):
-        super().__init__(threshold, particles_per_draw)
-        if not 1 <= num_steps <= train_steps:
-            raise ValueError(f"FPSSMC: num_steps must be in [1, train_steps={train_steps}], got {num_steps}")
+        super().__init__(num_steps, threshold, particles_per_draw, schedule, train_steps)
         if c_rate is not None and not 0 < c_rate <= 1:
             raise ValueError(f"FPSSMC: c_rate must be in (0, 1] (or None for the ancestral kernel), got {c_rate}")
-        self.num_steps, self.c_rate = num_steps, c_rate
-        self.cg_tol, self.cg_max_iter = cg_tol, cg_max_iter
-        self.schedule = DiscreteVPSchedule(schedule, train_steps)
-
-    def sigmas(self) -> list[float]:
-        """Descending sigma levels of the strided schedule, with a final 0."""
-        sig = self.schedule.sigmas[self.schedule.timesteps(self.num_steps)]
-        return [float(s) for s in sig] + [0.0]
+        self.c_rate, self.cg_tol, self.cg_max_iter = c_rate, cg_tol, cg_max_iter
 
     def kernel(self, s: float, s1: float) -> tuple[float, float]:
         """``(a, v)`` of the step sigma -> sigma': mean ``x0 + a (x - x0)``, variance v."""
@@ -98,7 +88,6 @@ class FPSSMC(_SMCSampler):
         if not sy > 0:
             raise ValueError("FPSSMC needs noisy data (sigma_y > 0): its observation likelihood N(y_t; A x_t, "
                              "sigma_y^2) is a point mass otherwise.")
-        self._start()
         dtype = real_dtype(y)
         b, n = y.shape[0], num_samples
         sig = self.sigmas()

@@ -65,7 +65,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..diffusion import DiscreteVPSchedule
 from .base import real_dtype, repeat_measurement
 from .smc import _SMCSampler
 
@@ -87,16 +86,7 @@ class MCGdiff(_SMCSampler):
 
     def __init__(self, num_steps: int = 100, threshold: float = 0.5, schedule: str = "linear", train_steps: int = 1000,
                  particles_per_draw: int | None = None):
-        super().__init__(threshold, particles_per_draw)
-        if not 1 <= num_steps <= train_steps:
-            raise ValueError(f"MCGdiff: num_steps must be in [1, train_steps={train_steps}], got {num_steps}")
-        self.num_steps = num_steps
-        self.schedule = DiscreteVPSchedule(schedule, train_steps)
-
-    def sigmas(self) -> list[float]:
-        """Descending sigma levels of the strided schedule, with a final 0."""
-        sig = self.schedule.sigmas[self.schedule.timesteps(self.num_steps)]
-        return [float(s) for s in sig] + [0.0]
+        super().__init__(num_steps, threshold, particles_per_draw, schedule, train_steps)
 
     @staticmethod
     def pin_levels(noise: Tensor, obs: Tensor, levels: list[float]) -> Tensor:
@@ -111,7 +101,6 @@ class MCGdiff(_SMCSampler):
 
     @torch.no_grad()
     def _smc(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
-        self._start()
         dtype = real_dtype(y)
         b, n = y.shape[0], num_samples
         sig = self.sigmas()

@@ -75,8 +75,9 @@ import math
 import torch
 from torch import Tensor
 
+from ..diffusion import DiscreteVPSchedule
 from .base import Sampler, repeat_measurement
-from .distributed_resampling import global_log_weights, move
+from .distributed_resampling import global_log_weights, move, uniforms
 from .particles import LocalParticles
 
 
@@ -91,25 +92,25 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
     return torch.exp(2 * torch.logsumexp(log_w, dim=0) - torch.logsumexp(2 * log_w, dim=0))
 
 
+def _inverse_cdf(log_w: Tensor, pos: Tensor) -> Tensor:
+    """For positions ``pos [K, B]`` in [0, 1), the first particle of each column whose cumulative normalised weight
+    exceeds the position: ``[K, B]`` indices."""
+    cdf = torch.softmax(log_w.double(), dim=0).cumsum(0)
+    cdf = cdf / cdf[-1:]                                                       # exact 1 at the end
+    idx = torch.searchsorted(cdf.T.contiguous(), pos.to(torch.float64).T.contiguous(), right=True).T
+    return idx.clamp_(max=log_w.shape[0] - 1)
+
+
 def systematic_resample(log_w: Tensor, u: Tensor) -> Tensor:
     """Systematic resampling indices ``[N, B]`` for ``[N, B]`` log-weights and one uniform per column ``u [B]``
-    (see the module docstring for the contract)."""
+    (see the module docstring for the contract): the positions ``(k + u_b) / N``."""
     n = log_w.shape[0]
-    w = torch.softmax(log_w.double(), dim=0)                                   # [N, B]
-    cdf = torch.cumsum(w, dim=0)
-    cdf = cdf / cdf[-1:]                                                       # exact 1 at the end
-    pos = (torch.arange(n, dtype=torch.float64, device=log_w.device)[:, None] + u.to(torch.float64)[None]) / n
-    idx = torch.searchsorted(cdf.T.contiguous(), pos.T.contiguous(), right=True).T   # first k with cdf_k > pos
-    return idx.clamp_(max=n - 1)
+    return _inverse_cdf(log_w, (torch.arange(n, dtype=torch.float64, device=log_w.device)[:, None] + u[None]) / n)
 
 
 def categorical_draw(log_w: Tensor, u: Tensor) -> Tensor:
-    """One index per column ``[1, B]``, particle i of column b with probability ``w_i`` (the first k whose cumulative
-    normalised weight exceeds ``u_b``)."""
-    cdf = torch.softmax(log_w.double(), dim=0).cumsum(0)
-    cdf = cdf / cdf[-1:]
-    idx = torch.searchsorted(cdf.T.contiguous(), u.to(torch.float64)[:, None].contiguous(), right=True).T
-    return idx.clamp_(max=log_w.shape[0] - 1)
+    """One index per column ``[1, B]``, particle i of column b with probability ``w_i`` (the position ``u_b``)."""
+    return _inverse_cdf(log_w, u[None])
 
 
 def ess_rule(log_w: Tensor, threshold: float, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -131,12 +132,6 @@ def gather_particles(x: Tensor, indices: Tensor) -> Tensor:
     return x.index_select(0, flat)
 
 
-def uniforms(b: int, generator: torch.Generator | None, device) -> Tensor:
-    """One U[0, 1) draw per measurement from the sampler's generator (on the generator's device, as ``randn``)."""
-    gen_device = generator.device if generator is not None else "cpu"
-    return torch.rand(b, generator=generator, dtype=torch.float64, device=gen_device).to(device)
-
-
 def gaussian_logpdf_sum(x: Tensor, mean: Tensor, var: Tensor | float) -> Tensor:
     """``sum_i -(x_i - mean_i)^2 / (2 var_i)`` per row (the Gaussian log-density without its normalising constant,
     which is the same for every particle of a measurement and cancels in the normalised weights)."""
@@ -150,7 +145,7 @@ def ess_summary(sampler) -> dict | None:
     once, after sampling."""
     if getattr(sampler, "final_ess", None) is None:
         return None
-    n = sampler.particles_per_draw or sampler._last_particles
+    n = sampler._particles.total
     final = sampler.final_ess.double().cpu()
     steps = sampler.ess.double().cpu() if sampler.ess is not None else final[None]
     resampled = sampler.resampled.double().cpu().sum(0) if sampler.resampled is not None else torch.zeros_like(final)
@@ -161,7 +156,10 @@ def ess_summary(sampler) -> dict | None:
 
 # ----------------------------------------------------------------------------- shared sampler part
 class _SMCSampler(Sampler):
-    """Base of the SMC samplers: the ESS threshold, the ESS record and the final resampling."""
+    """Base of the SMC samplers: the step grid, the ESS threshold, the ESS record and the final resampling."""
+
+    min_steps: int = 1
+    final_levels: tuple[float, ...] = (0.0,)   # levels after the strided grid (MCGdiff, FPS-SMC: the last step to 0)
 
     @property
     def interacting(self) -> bool:
@@ -174,8 +172,13 @@ class _SMCSampler(Sampler):
         systems are spread over ranks as independent draws instead."""
         return self.particles_per_draw is None
 
-    def __init__(self, threshold: float = 0.5, particles_per_draw: int | None = None):
+    def __init__(self, num_steps: int, threshold: float = 0.5, particles_per_draw: int | None = None,
+                 schedule: str = "linear", train_steps: int = 1000):
         super().__init__()
+        name = type(self).__name__
+        if not self.min_steps <= num_steps <= train_steps:
+            raise ValueError(f"{name}: num_steps must be in [{self.min_steps}, train_steps={train_steps}], "
+                             f"got {num_steps}")
         if not 0 <= threshold <= 1:
             raise ValueError(f"{type(self).__name__}: threshold must be in [0, 1] (resample when ESS < threshold * N), "
                              f"got {threshold}")
@@ -183,37 +186,34 @@ class _SMCSampler(Sampler):
             raise ValueError(f"{type(self).__name__}: particles_per_draw must be an integer >= 1 (the particles of "
                              f"each independent system) or None (one system of num_samples particles), "
                              f"got {particles_per_draw!r}")
-        self.threshold, self.particles_per_draw = threshold, particles_per_draw
+        self.num_steps, self.threshold, self.particles_per_draw = num_steps, threshold, particles_per_draw
+        self.schedule = DiscreteVPSchedule(schedule, train_steps)
         self.ess = self.resampled = self.final_ess = None
-        self._one_draw = False
         self._particles = LocalParticles(1)
+
+    def sigmas(self) -> list[float]:
+        """Descending sigma levels: the strided schedule, then ``final_levels``."""
+        return self.schedule.strided_sigmas(self.num_steps) + list(self.final_levels)
 
     def _sample(self, y: Tensor, operator, prior, num_samples: int, generator, callback, particles=None) -> Tensor:
         k = self.particles_per_draw
-        self._last_particles = num_samples if k is None else k
         if particles is not None and k is not None:
             raise ValueError(f"{type(self).__name__}: particles_per_draw runs independent systems, which cannot be "
                              f"split over ranks (particles=); give one or the other")
         self._particles = particles or LocalParticles(num_samples if k is None else k)
+        self._ess_steps: list[Tensor] = []
+        self._resampled_steps: list[Tensor] = []
         if k is None:
             with self._particles.run():
                 return self._smc(y, operator, prior, self._particles.count, generator, callback)
         # num_samples independent systems of k particles: each measurement repeated num_samples times (sample-major,
-        # so system m of measurement b is column m * B + b), one draw from each system's final weights
-        self._one_draw = True
-        try:
-            return self._smc(repeat_measurement(y, num_samples), operator, prior, k, generator, callback)
-        finally:
-            self._one_draw = False
+        # so system m of measurement b is column m * B + b), one draw from each system's final weights (_finish)
+        return self._smc(repeat_measurement(y, num_samples), operator, prior, k, generator, callback)
 
     def _smc(self, y: Tensor, operator, prior, num_samples: int, generator, callback) -> Tensor:
         raise NotImplementedError  # pragma: no cover
 
     # called by the subclasses -------------------------------------------------------------
-    def _start(self) -> None:
-        self._ess_steps: list[Tensor] = []
-        self._resampled_steps: list[Tensor] = []
-
     def _randn(self, shape, generator, like: Tensor, dtype=None) -> Tensor:
         """Noise for this rank's particles (sample-major rows): the same draws whatever the number of ranks."""
         return self._particles.randn(shape, generator, like=like, dtype=dtype)
@@ -236,8 +236,9 @@ class _SMCSampler(Sampler):
         return global_log_weights(log_w, self._particles), u
 
     def _local(self, log_w: Tensor) -> Tensor:
+        """This rank's rows of the global ``[N, B]`` log-weights."""
         p = self._particles
-        return log_w[p.start:p.start + p.count] if p.sharded else log_w
+        return log_w[p.start:p.start + p.count]
 
     def _reweight(self, log_w: Tensor, generator, *tensors: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Record the ESS of this rank's ``log_w [n_r, B]`` with the others', apply the ESS-threshold rule to all
@@ -254,7 +255,8 @@ class _SMCSampler(Sampler):
         log_w, u = self._global(log_w, generator)
         log_w = normalize_log_weights(log_w)
         final = effective_sample_size(log_w)
-        out = self._move(x, categorical_draw(log_w, u) if self._one_draw else systematic_resample(log_w, u))
+        one_draw = self.particles_per_draw is not None
+        out = self._move(x, categorical_draw(log_w, u) if one_draw else systematic_resample(log_w, u))
         # a NaN weight anywhere (a failed rank's particles, a diverged likelihood) spoils every draw: resampling
         # alone could pick only finite particles and hide it (0 * ESS is 0, or NaN; no host read)
         out = out + (0 * final.sum()).to(out.dtype)

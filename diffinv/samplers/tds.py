@@ -44,7 +44,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..diffusion import DiscreteVPSchedule
 from ..operators.noise import GaussianNoise
 from .base import real_dtype, repeat_measurement
 from .smc import _SMCSampler
@@ -63,20 +62,14 @@ class TDS(_SMCSampler):
     """
 
     requires = frozenset({"differentiable"})
+    min_steps, final_levels = 2, ()          # the chain ends at the lowest level, landing on x0_hat there
 
     def __init__(self, num_steps: int = 100, threshold: float = 0.5, data_variance: float = 1.0,
                  schedule: str = "linear", train_steps: int = 1000, particles_per_draw: int | None = None):
-        super().__init__(threshold, particles_per_draw)
-        if not 2 <= num_steps <= train_steps:
-            raise ValueError(f"TDS: num_steps must be in [2, train_steps={train_steps}], got {num_steps}")
+        super().__init__(num_steps, threshold, particles_per_draw, schedule, train_steps)
         if data_variance < 0:
             raise ValueError(f"TDS: data_variance must be >= 0, got {data_variance}")
-        self.num_steps, self.data_variance = num_steps, data_variance
-        self.schedule = DiscreteVPSchedule(schedule, train_steps)
-
-    def sigmas(self) -> list[float]:
-        """Descending sigma levels of the strided schedule (all positive: the chain ends at the lowest)."""
-        return [float(s) for s in self.schedule.sigmas[self.schedule.timesteps(self.num_steps)]]
+        self.data_variance = data_variance
 
     def _gaussian(self, operator) -> bool:
         return isinstance(operator.noise, GaussianNoise)
@@ -120,7 +113,6 @@ class TDS(_SMCSampler):
         if self._gaussian(operator) and operator.sigma == 0 and self.data_variance == 0:
             raise ValueError("TDS: noise-free data needs data_variance > 0 (the twist N(y; A x0_hat, sigma_y^2 + "
                              "r_t^2) is degenerate with sigma_y = 0 and r_t = 0)")
-        self._start()
         dtype = real_dtype(y)
         b, n = y.shape[0], num_samples
         sig = self.sigmas()
