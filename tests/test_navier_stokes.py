@@ -113,6 +113,68 @@ def test_batch_equals_one_at_a_time_and_chunking():
     assert torch.allclose(batched, chunked, rtol=1e-10, atol=1e-10)
 
 
+def test_waiting_samples_join_as_running_ones_arrive():
+    """With chunk_size 2 a batch of 6 samples of different speeds runs as one stream: a waiting sample takes the
+    place of one that has arrived, so the loop runs about total steps / 2 iterations, not the sum of each
+    pair's slowest count, and every sample equals its solve alone (steps included)."""
+    solver = NavierStokes2DSolver(16, chunk_size=2)
+    w0 = GaussianRandomField(16).sample(6, torch.Generator().manual_seed(6), dtype=torch.float64) * 30
+    w0 *= torch.tensor([1.0, 3.0, 1.5, 1.0, 2.5, 1.2], dtype=torch.float64)[:, None, None]
+    calls = []
+    rhs = solver._rhs
+
+    def counted(w, spec, speed=False):
+        if speed:
+            calls.append(w.shape[0])
+        return rhs(w, spec, speed)
+
+    solver._rhs = counted
+    batched, steps = solver.solve(w0, 0.2, return_steps=True)
+    solver._rhs = rhs
+    per_pair = sum(int(steps[i:i + 2].max()) for i in range(0, 6, 2))
+    assert len(calls) < per_pair and len(calls) <= math.ceil(int(steps.sum()) / 2) + int(steps.max()) // 2
+    assert max(calls) == 2
+    for i in range(6):
+        single, s_i = NavierStokes2DSolver(16).solve(w0[i:i + 1], 0.2, return_steps=True)
+        assert torch.allclose(batched[i:i + 1], single, rtol=1e-10, atol=1e-10)
+        assert int(s_i) == int(steps[i])
+
+
+@pytest.mark.parametrize("dealias", ["two_thirds", "inversebench"])
+def test_right_hand_side_matches_the_full_2d_transforms(dealias):
+    """The 1-D passes that skip the columns the 2/3 rule zeroes give N(w) = -div(u w) + f of the plain formula:
+    u from the de-aliased psi, the flux's 2-D FFT, its divergence (masked for the 2/3 rule) and the forcing's
+    FFT, all on the whole half spectrum; the skipped columns of the plain result are zero."""
+    n = 24
+    solver = NavierStokes2DSolver(n, dealias=dealias)
+    w = GaussianRandomField(n).sample(3, torch.Generator().manual_seed(7), dtype=torch.float64) * 10
+    w_hat = torch.fft.rfft2(w)
+    kx = torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64)[:, None]
+    ky = torch.fft.rfftfreq(n, d=1.0 / n, dtype=torch.float64)[None, :]
+    lap = kx**2 + ky**2
+    if dealias == "two_thirds":
+        mask = (kx.abs() <= n / 3) & (ky.abs() <= n / 3)
+    else:
+        mask = lap <= 2 * (n / 3) ** 2
+    mask = mask & (lap > 0)
+    dx = 1j * torch.where(kx.abs() == n // 2, 0.0, kx)
+    dy = 1j * torch.where(ky.abs() == n // 2, 0.0, ky)
+    w_d = torch.where(mask, w_hat, 0)
+    psi = w_d / torch.where(lap > 0, lap, 1.0)
+    ux, uy, wf = (torch.fft.irfft2(f, s=(n, n)) for f in (dy * psi, -dx * psi, w_d))
+    plain = -(dx * torch.fft.rfft2(ux * wf) + dy * torch.fft.rfft2(uy * wf))
+    if dealias == "two_thirds":
+        plain = torch.where(mask, plain, 0)
+    plain = plain + torch.fft.rfft2(solver.forcing())
+    spec = solver._spectral(torch.float64, None)
+    got = solver._rhs(w_hat[..., :spec.cols], spec)
+    assert torch.allclose(got, plain[..., :spec.cols], rtol=0, atol=1e-9 * plain.abs().max())
+    if dealias == "two_thirds":
+        assert spec.cols == n // 3 + 1 and plain[..., spec.cols:].abs().max() < 1e-9 * plain.abs().max()
+    else:
+        assert spec.cols == n // 2 + 1
+
+
 def test_float32_agrees_with_float64():
     op = NavierStokes(resolution=32, time=0.2, downsample=1)
     x = GaussianRandomField(32).sample(2, torch.Generator().manual_seed(2), dtype=torch.float64) [:, None] * 3
@@ -178,6 +240,8 @@ def test_bad_inputs_raise_value_errors():
         NavierStokes(resolution=16, dealias="square")
     with pytest.raises(ValueError, match="w0"):
         NavierStokes2DSolver(16).solve(torch.zeros(1, 1, 16, 16), 1.0)
+    with pytest.raises(ValueError, match="not finite"):
+        NavierStokes2DSolver(16).solve(torch.full((1, 16, 16), float("inf")), 1.0)
 
 
 def test_blow_up_is_reported():

@@ -42,9 +42,15 @@ with ``r_i`` the time still to go and ``dt_cfl,i`` the reference's bound for tha
 velocity (taken from the de-aliased velocity that N(w^n) computes anyway). So ``dt_i <= dt_cfl,i``, the
 last step lands exactly on T, and ``dt_i`` is *piecewise constant* in the initial field (it only
 changes when a ceil jumps): detaching it from autograd is then the exact derivative almost everywhere,
-and finite differences (gradcheck) agree with backprop. Samples that have arrived leave the batch
-(the batch is compacted), so a batch of 64 costs the slowest sample's step count on a shrinking batch.
-A fixed step is available too (``dt=...``): ``n = ceil(T / dt)`` equal steps of ``T / n``.
+and finite differences (gradcheck) agree with backprop. A sample that has arrived leaves the running set
+and the next waiting one takes its place, so a batch costs its samples' total step count on full sets, not
+its slowest sample's count on each chunk. A fixed step is available too (``dt=...``): ``n = ceil(T / dt)``
+equal steps of ``T / n``.
+
+Cost. Each step evaluates N twice, each an inverse transform of three fields and a forward one of two. With
+the 2/3 rule the transforms run as 1-D passes that skip the k_y columns above N / 3, about a fifth of the
+FFT work; the rest of a step is a few element-wise passes over the spectra
+(``scripts/benchmark_operators.py`` prints the step against the FFTs alone).
 
 Units: the operator's input is the prior's field, physical vorticity / ``scale`` (``scale = 10``,
 the scale the priors are trained on); the output ``w(T)[..., ::ds, ::ds]`` and the noise sigma are physical vorticity.
@@ -65,15 +71,18 @@ _DEALIAS = ("two_thirds", "inversebench")
 
 @dataclass
 class _Spectral:
-    """Precomputed spectral multipliers for one (dtype, device); shapes broadcast against ``[B, N, N//2+1]``."""
+    """Precomputed spectral multipliers for one (dtype, device); shapes broadcast against ``[B, N, N//2+1]``.
+    The advection term lives on the first ``cols`` k_y columns: ``N // 3 + 1`` for the 2/3 rule (the
+    transforms skip the columns it zeroes), all ``N // 2 + 1`` for "inversebench"."""
 
     ikx: Tensor          # i k_x, Nyquist zeroed  (complex)                  [N, 1]
     iky: Tensor          # i k_y, Nyquist zeroed  (complex)                  [1, M]
     nu_lap: Tensor       # nu |k|^2                 (real)                   [N, M]
     inv_lap: Tensor      # 1 / |k|^2, 0 at k = 0    (real)                   [N, M]
-    to_fields: Tensor    # w_hat -> (w, u_x, u_y)_hat, de-aliased (complex) [3, N, M]
-    neg_div: Tensor      # (F_x, F_y)_hat -> -div F, times the 2/3 mask for "two_thirds" (complex) [2, N, M]
-    forcing: Tensor | None  # f_hat at its one mode (kx, ky) = (0, k_f) (complex scalar) or None
+    cols: int            # k_y columns that carry the advection term
+    to_fields: Tensor    # w_hat -> (w, u_x, u_y)_hat, de-aliased (complex) [3, N, cols]
+    neg_div: Tensor      # (F_x, F_y)_hat -> -div F, times the 2/3 mask for "two_thirds" (complex) [2, N, cols]
+    forcing: Tensor | None  # f_hat on the advected columns (complex, one nonzero mode (0, k_f)) [N, cols] or None
 
 
 class NavierStokes2DSolver:
@@ -93,10 +102,10 @@ class NavierStokes2DSolver:
         max_steps: per-sample step limit; exceeding it raises a RuntimeError that names the field's amplitude.
             None: :meth:`step_cap`, derived from the problem (about 10 x the steps the data need), so that a
             diverging iterate (a sampler's too-large step) fails in seconds instead of running for minutes.
-        chunk_size: samples advanced together. None: the whole batch on GPU; on CPU, chunks of about
-            2^16 grid points (4 fields at 128 x 128), which keeps the working set in cache: per-sample cost
-            on CPU is FFT-bound, so larger CPU batches only lose to memory traffic. Results do not
-            depend on it (samples are independent).
+        chunk_size: samples advanced together (a waiting sample joins as soon as a running one arrives).
+            None: the whole batch on GPU; on CPU, about 2^16 grid points (16 fields at 64 x 64, 4 at
+            128 x 128), the fastest per sample here: per-sample cost on CPU is FFT-bound, so larger CPU sets
+            only lose to memory traffic. Results do not depend on it (samples are independent).
     """
 
     def __init__(self, resolution: int, reynolds: float = 200.0, forcing_amplitude: float = 4.0,
@@ -175,12 +184,13 @@ class NavierStokes2DSolver:
         # above N / 3 hold the aliasing errors); the reference keeps them
         out_mask = mask if self.dealias == "two_thirds" else torch.ones_like(lap)
         neg_div = torch.stack([-ikx * out_mask, -iky * out_mask])
-        f_hat = torch.fft.rfft2(self.forcing(torch.float64, device)) if self._forced else None
+        cols = n // 3 + 1 if self.dealias == "two_thirds" else n // 2 + 1
+        f_hat = torch.fft.rfft2(self.forcing(torch.float64, device))[:, :cols] if self._forced else None
         spec = _Spectral(
             ikx=ikx.to(cdtype), iky=iky.to(cdtype), nu_lap=(self.nu * lap).to(dtype), inv_lap=inv_lap.to(dtype),
-            to_fields=to_fields.to(cdtype), neg_div=neg_div.to(cdtype),
-            # -A cos(k_f y) lives on the single mode (0, k_f) of the half spectrum: added there, not as a dense array
-            forcing=None if f_hat is None else f_hat[0, self.forcing_wavenumber].to(cdtype),
+            cols=cols, to_fields=to_fields[..., :cols].to(cdtype).contiguous(),
+            neg_div=neg_div[..., :cols].to(cdtype).contiguous(),
+            forcing=None if f_hat is None else f_hat.to(cdtype),
         )
         self._cache[key] = spec
         return spec
@@ -196,28 +206,32 @@ class NavierStokes2DSolver:
         uy = torch.fft.irfft2(-spec.ikx * psi_hat, s=(n, n))
         return ux, uy
 
-    def _rhs(self, w_hat: Tensor, spec: _Spectral, speed: bool = False):
-        """``N(w) = -div(u w) + f`` in Fourier space; with ``speed=True`` also max|u| per sample (``[B]``, on the
-        device, detached)."""
+    def _rhs(self, w_low: Tensor, spec: _Spectral, speed: bool = False):
+        """``N(w) = -div(u w) + f`` in Fourier space on the advected columns ``[B, N, cols]`` of ``w_hat``; with
+        ``speed=True`` also max|u| per sample (``[B]``, on the device, detached). The 2-D transforms are taken
+        as two 1-D passes so that the k_x pass skips the columns the 2/3 rule zeroes (the inverse k_y pass
+        zero-pads them; the forward one drops them)."""
         n = self.resolution
-        fields = torch.fft.irfft2(w_hat.unsqueeze(1) * spec.to_fields, s=(n, n))     # [B, 3, N, N]: w, u_x, u_y
+        fields_hat = w_low.unsqueeze(1) * spec.to_fields                               # [B, 3, N, cols]
+        fields = torch.fft.irfft(torch.fft.ifft(fields_hat, dim=-2), n=n, dim=-1)      # [B, 3, N, N]: w, u_x, u_y
         vel = fields[:, 1:]
-        flux_hat = torch.fft.rfft2(vel * fields[:, :1])                                # [B, 2, N, M]: (u_x w, u_y w)
-        # -div(u w)_hat = (-i k_x) F_x + (-i k_y) F_y, one pass less than a product and a sum
-        out = torch.mul(flux_hat[:, 0], spec.neg_div[0]).addcmul_(flux_hat[:, 1], spec.neg_div[1])
-        if spec.forcing is not None:
-            out[:, 0, self.forcing_wavenumber] += spec.forcing
+        flux = vel * fields[:, :1]                                                     # (u_x w, u_y w)
+        flux_hat = torch.fft.fft(torch.fft.rfft(flux, dim=-1)[..., :spec.cols], dim=-2)
+        # -div(u w)_hat + f_hat = (-i k_x) F_x + (-i k_y) F_y + f_hat: two passes
+        if spec.forcing is None:
+            out = torch.mul(flux_hat[:, 0], spec.neg_div[0])
+        else:
+            out = torch.addcmul(spec.forcing, flux_hat[:, 0], spec.neg_div[0])
+        out.addcmul_(flux_hat[:, 1], spec.neg_div[1])
         if not speed:
             return out
         ux, uy = vel.detach().unbind(1)
         return out, (ux * ux).addcmul_(uy, uy).amax(dim=(-2, -1)).sqrt()
 
-    def _cfl_step(self, speed: Tensor) -> Tensor:
-        """The reference's bound min(cfl h / max|u|, cfl h^2 / mu), per sample (float64, on the device)."""
-        diffusive = self.cfl * self._h**2 / self._mu
-        speed = speed.to(torch.float64)
-        advective = (self.cfl * self._h) / speed            # +inf for a flow at rest
-        return advective.clamp_max(diffusive)
+    def _inv_cfl_step(self, speed: Tensor) -> Tensor:
+        """1 / (the reference's bound min(cfl h / max|u|, cfl h^2 / mu)), per sample (float64, on the device);
+        finite for a flow at rest."""
+        return (speed.to(torch.float64) * (1.0 / (self.cfl * self._h))).clamp_min_(self._mu / (self.cfl * self._h**2))
 
     def step_cap(self, t: float, speed0: float | None = None) -> int:
         """The default step limit for time ``t`` (``max_steps=None``): the steps of the CFL bound at a
@@ -235,16 +249,18 @@ class NavierStokes2DSolver:
         return int(math.ceil(t * ref / (self.cfl * self._h)) + math.ceil(t / diffusive)) + 1
 
     def _step(self, w_hat: Tensor, dt, rhs1: Tensor, spec: _Spectral) -> Tensor:
-        """Eq. (4): one Crank–Nicolson / Heun step; ``dt`` a float or a per-sample ``[B, 1, 1]`` tensor. Written
-        with the real factors E = (1 - a) / (1 + a) and dt / (1 + a), so that the complex arrays are touched four
-        times per step (the FFTs dominate); the factors carry no gradient (dt is detached, eq. 5)."""
-        a = spec.nu_lap * (0.5 * dt)
-        d_dt = (a + 1.0).reciprocal_()
-        explicit = (1.0 - a).mul_(d_dt) * w_hat                                        # (1 - a) / (1 + a) w^n
-        d_dt.mul_(dt)                                                                  # dt / (1 + a)
-        w_tilde = torch.addcmul(explicit, d_dt, rhs1)                                  # (4a)
-        rhs2 = self._rhs(w_tilde, spec)
-        return torch.addcmul(explicit, d_dt, rhs1 + rhs2, value=0.5)                   # (4b)
+        """Eq. (4): one Crank–Nicolson / Heun step; ``dt`` a float or a per-sample ``[B, 1, 1]`` tensor, ``rhs1``
+        N(w^n) on the advected columns. Written with the real factors E = (1 - a) / (1 + a) = 2 / (1 + a) - 1
+        and dt / (1 + a): the columns without advection only decay, w^{n+1} = E w^n, and the others are
+        updated in place; the factors carry no gradient (dt is detached, eq. 5)."""
+        c = spec.cols
+        d = (spec.nu_lap * (0.5 * dt)).add_(1.0).reciprocal_()                         # 1 / (1 + a)
+        w_next = (d * 2.0).sub_(1.0) * w_hat                                           # E w^n
+        d_dt = d[..., :c] * dt                                                         # dt / (1 + a)
+        explicit = w_next[..., :c]                                                     # E w^n, advected columns
+        rhs2 = self._rhs(torch.addcmul(explicit, d_dt, rhs1), spec)                   # N(w~), (4a)
+        explicit.addcmul_(d_dt, rhs1 + rhs2, value=0.5)                                # (4b)
+        return w_next
 
     def solve(self, w0: Tensor, t: float, return_steps: bool = False):
         """Evolve ``w0`` ``[B, N, N]`` for time ``t``; returns ``w(t)`` (and the per-sample step counts, a CPU long tensor ``[B]``)."""
@@ -255,6 +271,9 @@ class NavierStokes2DSolver:
             raise ValueError(f"NavierStokes2DSolver: w0 must be float32 or float64, got {w0.dtype}.")
         if not (math.isfinite(t) and t >= 0):
             raise ValueError(f"NavierStokes2DSolver: time must be a finite number >= 0, got {t!r}.")
+        if not bool(torch.isfinite(w0).all()):
+            raise ValueError(f"NavierStokes2DSolver: w0 is not finite ({_amplitude(w0)}); the initial vorticity "
+                             f"must be finite everywhere.")
         batch = w0.shape[0]
         if t == 0 or batch == 0:
             steps = torch.zeros(batch, dtype=torch.long)
@@ -263,17 +282,14 @@ class NavierStokes2DSolver:
         chunk = self.chunk_size
         if chunk is None:
             chunk = batch if w0.device.type != "cpu" else max(1, 2**16 // n**2)
-        outs, step_list = [], []
-        for start in range(0, batch, chunk):
-            w_hat = torch.fft.rfft2(w0[start:start + chunk])
-            if self.dt is not None:
-                w_hat, steps = self._solve_fixed(w_hat, float(t), spec)
-            else:
-                w_hat, steps = self._solve_adaptive(w_hat, float(t), spec)
-            outs.append(torch.fft.irfft2(w_hat, s=(n, n)))
-            step_list.append(steps)
-        out = torch.cat(outs) if len(outs) > 1 else outs[0]
-        steps = torch.cat(step_list)
+        if self.dt is None:
+            w_hat, steps = self._solve_adaptive(w0, float(t), spec, chunk)
+            out = torch.fft.irfft2(w_hat, s=(n, n))
+        else:
+            outs = [torch.fft.irfft2(self._solve_fixed(torch.fft.rfft2(w0[i:i + chunk]), float(t), spec), s=(n, n))
+                    for i in range(0, batch, chunk)]
+            out = torch.cat(outs) if len(outs) > 1 else outs[0]
+            steps = torch.full((batch,), self._fixed_steps(float(t)), dtype=torch.long)
         if not torch.isfinite(out).all():
             raise RuntimeError(
                 f"NavierStokes2DSolver: the solution is not finite (the flow blew up) from an initial field with "
@@ -282,60 +298,82 @@ class NavierStokes2DSolver:
                 f"(dt=None) or a smaller fixed dt.")
         return (out, steps) if return_steps else out
 
-    def _solve_fixed(self, w_hat: Tensor, t: float, spec: _Spectral):
+    def _fixed_steps(self, t: float) -> int:
         num = max(1, math.ceil(t / self.dt - 1e-9))
         if self.max_steps is not None and num > self.max_steps:
             raise RuntimeError(f"NavierStokes2DSolver: {num} steps of dt = {self.dt} exceed max_steps = {self.max_steps}.")
+        return num
+
+    def _solve_fixed(self, w_hat: Tensor, t: float, spec: _Spectral) -> Tensor:
+        num = self._fixed_steps(t)
         dt = t / num
         for _ in range(num):
-            w_hat = self._step(w_hat, dt, self._rhs(w_hat, spec), spec)
-        return w_hat, torch.full((w_hat.shape[0],), num, dtype=torch.long)
+            w_hat = self._step(w_hat, dt, self._rhs(w_hat[..., :spec.cols], spec), spec)
+        return w_hat
 
-    def _solve_adaptive(self, w_hat: Tensor, t: float, spec: _Spectral):
-        # The per-sample bookkeeping stays on the device (float64): the host reads it only every
-        # ``check_every`` steps, to drop the samples that have arrived (compaction) and to enforce the step cap;
-        # in between, an arrived sample takes steps of dt = 0, which leave it exactly as it is.
-        batch, device = w_hat.shape[0], w_hat.device
+    def _solve_adaptive(self, w0: Tensor, t: float, spec: _Spectral, chunk: int):
+        """Eq. (5) for a batch ``w0`` ``[B, N, N]``, ``chunk`` samples at a time; returns ``w_hat(t)`` and the
+        per-sample step counts (CPU). A sample leaves the running set as soon as it arrives and the next waiting
+        one takes its place, so every step advances a full set until the last samples (the step counts of a
+        batch differ by tens of percent). The per-sample bookkeeping stays on the device (float64): the host
+        reads it only every ``check_every`` steps, to swap arrived samples out and to enforce the step cap; in
+        between, an arrived sample takes steps of dt = 0, which leave it exactly as it is."""
+        batch, device = w0.shape[0], w0.device
         check_every = 1 if device.type == "cpu" else 16
-        w_hat0, cap = w_hat, self.max_steps
-        remaining = torch.full((batch,), t, dtype=torch.float64, device=device)
-        steps = torch.zeros(batch, dtype=torch.long, device=device)
-        active = torch.arange(batch, device=device)            # original indices of the samples still running
+        cap = self.max_steps
+        if cap is None:                                         # one host read
+            cap = self.step_cap(t) if self._forced else self.step_cap(t, _max_speed(self.velocity(w0.detach())))
+        entering = min(chunk, batch)
+        active = torch.arange(entering, device=device)         # original indices of the running samples
+        w_hat = torch.fft.rfft2(w0[:entering])
+        remaining = torch.full((entering,), t, dtype=torch.float64, device=device)
+        steps = torch.zeros(entering, dtype=torch.long, device=device)
         done_idx: list[Tensor] = []
         done_w: list[Tensor] = []
         done_steps: list[Tensor] = []
         count = 0
         while active.numel() > 0:
-            rhs1, speed = self._rhs(w_hat, spec, speed=True)
-            if cap is None:                                     # one host read, at the first step
-                cap = self.step_cap(t, float(speed.max()))
-            running = remaining > 0
-            # eq. (5): piecewise constant in w0, no gradient; 0 for an arrived sample
-            dt = torch.where(running, remaining / torch.ceil(remaining / self._cfl_step(speed)),
-                             torch.zeros_like(remaining))
-            w_hat = self._step(w_hat, dt.to(spec.nu_lap.dtype)[:, None, None], rhs1, spec)
+            rhs1, speed = self._rhs(w_hat[..., :spec.cols], spec, speed=True)
+            # eq. (5): k_i = ceil(r_i / dt_cfl,i) steps to go at the current bound, dt_i = r_i / k_i; piecewise
+            # constant in w0, no gradient; k_i = 0 and dt_i = 0 for an arrived sample
+            k = (self._inv_cfl_step(speed) * remaining).ceil_()
+            steps += k != 0                                     # NaN counts: a NaN flow meets the cap
+            dt = remaining / k.clamp_min_(1.0)
+            w_hat = self._step(w_hat, dt.to(spec.nu_lap.dtype).view(-1, 1, 1), rhs1, spec)
             remaining = remaining - dt                          # exactly 0 after the last step (dt = r)
-            steps = steps + running
             count += 1
             if count % check_every:
                 continue
-            if int(steps.max()) > cap:
-                w0 = torch.fft.irfft2(w_hat0, s=(self.resolution, self.resolution))
+            if count > cap and int(steps.max()) > cap:
                 raise RuntimeError(
                     f"NavierStokes2DSolver: more than max_steps = {cap} steps to t = {t:g} (max speed "
                     f"{float(speed.max()):.3g}, initial field with {_amplitude(w0)}). Such a fast flow comes from an "
                     f"initial field far above the scale of the Navier–Stokes data (|w| up to about 20), e.g. a "
                     f"sampler step that diverged; raise max_steps only for a field that really is this fast.")
             finished = remaining <= 0
-            if bool(finished.any()):                            # compact the batch
-                done_idx.append(active[finished])
-                done_w.append(w_hat[finished])
-                done_steps.append(steps[finished])
-                keep = ~finished
-                active, w_hat, remaining, steps = active[keep], w_hat[keep], remaining[keep], steps[keep]
+            if not bool(finished.any()):
+                continue
+            done_idx.append(active[finished])
+            done_w.append(w_hat[finished])
+            done_steps.append(steps[finished])
+            keep = ~finished
+            active, w_hat, remaining, steps = active[keep], w_hat[keep], remaining[keep], steps[keep]
+            start = entering
+            entering = min(batch, entering + chunk - active.numel())
+            if entering > start:                                # the waiting samples take the free places
+                fresh = entering - start
+                active = torch.cat([active, torch.arange(start, entering, device=device)])
+                w_hat = torch.cat([w_hat, torch.fft.rfft2(w0[start:entering])])
+                remaining = torch.cat([remaining, remaining.new_full((fresh,), t)])
+                steps = torch.cat([steps, steps.new_zeros(fresh)])
         order = torch.argsort(torch.cat(done_idx))
         w_all = torch.cat(done_w) if len(done_w) > 1 else done_w[0]
         return w_all[order], torch.cat(done_steps)[order].cpu()
+
+
+def _max_speed(velocity: tuple[Tensor, Tensor]) -> float:
+    ux, uy = velocity
+    return float((ux * ux + uy * uy).amax().sqrt())
 
 
 def _amplitude(w: Tensor) -> str:
