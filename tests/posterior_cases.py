@@ -4,8 +4,16 @@ the linear-Gaussian problems of ``posterior_checks``, and what it must reach the
 Settings are the shipped defaults except where the problem's scale needs otherwise (said per entry); the
 expectations state each sampler's known bias on these problems, measured once and bounded: the mean error
 allowed is the measured bias plus a quarter (added in quadrature to the Monte Carlo part, see
-``posterior_checks.violations``) and the spread bands are the measured spreads +- 20 % (plus the Monte Carlo
-band). An exact sampler would have mean error 0 and spreads 1; the comment of each entry says why it is not.
+``posterior_checks.violations``) and the spread bands are the measured spreads +- 10 % (plus the Monte Carlo
+band). The SMC samplers are the exception: their N draws come from one particle system whose resamplings share
+ancestors, so one run's statistics move far more than the Monte Carlo band of N independent draws (from seed to
+seed, and from a change in the last bits of the arithmetic on another CPU); their expectations span what 5 seeds
+measured, each end widened by 10 %. Some figures also move with the machine: the prior's covariance has repeated
+eigenvalues and the dense operator's full SVD a 192-dimensional null space, and the bases LAPACK returns for them
+(which the seeded draws of the instance and of some samplers go through) change with the last bits of the
+arithmetic (two machines drew different instances, and even the allocation history of one process moves them);
+the SMC bands span 5 seeds measured on two such draws. An exact sampler would have mean error 0 and spreads 1; the
+comment of each entry says why it is not.
 ``run(name, problem)`` is cached, so the mutation tests reuse the draws of the exact tests.
 """
 from __future__ import annotations
@@ -70,7 +78,7 @@ def problem(name: str) -> pc.Problem:
 
 
 @functools.lru_cache(maxsize=None)
-def run(case: str, problem_name: str) -> tuple[torch.Tensor, pc.Problem]:
+def run(case: str, problem_name: str, seed: int = 1) -> tuple[torch.Tensor, pc.Problem]:
     """The draws of ``case`` on ``problem_name`` and the exact law they must follow (posterior or MCMC target)."""
     c = CASES[case]
     p = problem(problem_name)
@@ -79,19 +87,28 @@ def run(case: str, problem_name: str) -> tuple[torch.Tensor, pc.Problem]:
     prior = pc.LinearLatentPrior(p.prior) if c.latent else p.prior
     if c.mcmc:
         sampler.start = pc.exact_draws(target, N, seed=11)
-    torch.manual_seed(1)     # order-independent draws even where a sampler's inner optimiser uses the global RNG
-    out = sampler.sample(p.y, p.operator, prior, num_samples=N, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(seed)  # order-independent draws even where a sampler's inner optimiser uses the global RNG
+    out = sampler.sample(p.y, p.operator, prior, num_samples=N, generator=torch.Generator().manual_seed(seed))
     return out, target
 
 
-def stats(case: str, problem_name: str) -> dict:
-    out, target = run(case, problem_name)
+def stats(case: str, problem_name: str, seed: int = 1) -> dict:
+    out, target = run(case, problem_name, seed)
     return pc.posterior_stats(out, target)
 
 
 def _b(*rows: tuple[str, float, float, float, float]) -> dict[str, pc.Expect]:
     """``(problem, mean_error, spread, top, bottom)`` as measured (``python tests/posterior_cases.py``) -> bands."""
     return {name: band(spread, top, bottom, err) for name, err, spread, top, bottom in rows}
+
+
+def _seeds(*rows: tuple[str, tuple[float, float, float, float], tuple[float, float, float, float]]
+           ) -> dict[str, pc.Expect]:
+    """``(problem, lowest, highest)`` of ``(mean_error, spread, top, bottom)`` as measured over generator seeds 1-5
+    (``python tests/posterior_cases.py NAME --seeds``) -> bands spanning them, each end widened by 10 %."""
+    span = lambda lo, hi: (0.9 * lo, 1.1 * hi)  # noqa: E731
+    return {name: pc.Expect(mean_error=1.25 * hi[0], spread=span(lo[1], hi[1]), spread_top=span(lo[2], hi[2]),
+                            spread_bottom=span(lo[3], hi[3])) for name, lo, hi in rows}
 
 
 CASES: dict[str, Case] = {
@@ -170,13 +187,14 @@ CASES: dict[str, Case] = {
                          ("sr", 0.196, 0.677, 0.681, 0.476)), latent=True),
     # PSLD, 200 steps: Latent-DPS plus the gluing term, which pulls towards A^+ y.
     "PSLD": Case(lambda p: PSLD(num_steps=200),
-                 _b(("dense", 6.332, 22.18, 0.697, 73.76), ("inpaint", 0.641, 0.443, 0.500, 0.072),
-                    ("sr", 0.329, 0.912, 0.762, 0.727)), latent=True),   # sr re-measured 2026-12-02 (was 0.250 /
-    # 0.782 / 0.735 / 0.393 when first measured; the code is unchanged since, the installed numerics are not)
+                 {**_b(("dense", 6.332, 22.18, 0.697, 73.76), ("inpaint", 0.641, 0.443, 0.500, 0.072)),
+                  # sr moves with the instance (see the module docstring): 0.250 / 0.782 / 0.735 / 0.393 and 0.329 /
+                  # 0.912 / 0.762 / 0.727 on two machines, seeds 1-5 within these
+                  **_seeds(("sr", (0.196, 0.779, 0.706, 0.376), (0.329, 0.912, 0.762, 0.727)))}, latent=True),
     # ReSample, 100 steps with shortened optimisations: hard data consistency projects onto the data (narrow data
     # directions) and the resampling re-noises prior directions.
     "ReSample": Case(lambda p: ReSample(num_steps=100, pixel_max_iters=200, latent_max_iters=100, latent_patience=50),
-                     # dense re-measured 2026-12-02 (0.441 mean error when first measured; code unchanged since)
+                     # dense: mean error 0.441 and 0.968 on two machines (the instance), the band from the larger
                      _b(("dense", 0.968, 2.597, 0.867, 0.892), ("inpaint", 0.536, 0.389, 0.778, 0.081),
                         ("sr", 0.303, 0.433, 0.712, 0.583)), latent=True),
     # DDNM+ (Wang et al. 2023), the reference's 100 steps, eta 0.85, no time travel: with noisy data and an SVD its
@@ -220,34 +238,41 @@ CASES: dict[str, Case] = {
     # 256 particles: the SMC of 256 particles in 256 dimensions resamples every few steps, so the draws share
     # ancestors and the prior-dominated directions come out far too narrow (top 0.1-0.6); the ancestral kernel below
     # each pin level narrows the observed directions too (mcgdiff.py).
-    "MCGdiff": Case(lambda p: MCGdiff(num_steps=1000), _b(("dense", 1.141, 0.493, 0.096, 0.647),
-                                                          ("inpaint", 0.806, 0.722, 0.274, 0.874),
-                                                          ("sr", 0.405, 0.838, 0.558, 0.893))),
+    "MCGdiff": Case(lambda p: MCGdiff(num_steps=1000),
+                    _seeds(("dense", (1.072, 0.431, 0.060, 0.637), (1.484, 0.584, 0.175, 0.658)),
+                           ("inpaint", (0.687, 0.725, 0.273, 0.852), (0.905, 0.820, 0.812, 0.874)),
+                           ("sr", (0.257, 0.839, 0.567, 0.864), (0.410, 0.921, 0.841, 0.912)))),
     # TDS (Wu et al. 2023), 1000 steps, the PiGDM inflation with v = 1: the same shared ancestry in the prior
     # directions; the data directions close to exact.
-    "TDS": Case(lambda p: TDS(num_steps=1000), _b(("dense", 0.985, 0.576, 0.135, 0.926),
-                                                  ("inpaint", 0.697, 0.756, 0.456, 0.814),
-                                                  ("sr", 0.361, 0.883, 0.781, 0.883))),
+    "TDS": Case(lambda p: TDS(num_steps=1000),
+                _seeds(("dense", (0.800, 0.419, 0.101, 0.554), (0.979, 0.726, 0.366, 0.960)),
+                       ("inpaint", (0.467, 0.637, 0.281, 0.725), (0.828, 0.899, 0.849, 0.959)),
+                       ("sr", (0.176, 0.888, 0.815, 0.888), (0.297, 0.947, 0.997, 0.984)))),
     # FPS-SMC (Dou & Song 2024) as published (1000 steps, c_rate 0.95): the diffused measurements are weighted as
     # independent observations of every level, so the data count many times: narrow everywhere (fps_smc.py).
-    "FPSSMC": Case(lambda p: FPSSMC(), _b(("dense", 0.688, 0.236, 0.035, 0.436), ("inpaint", 0.529, 0.471, 0.171, 0.576),
-                                          ("sr", 0.422, 0.557, 0.284, 0.619))),
+    "FPSSMC": Case(lambda p: FPSSMC(),
+                   _seeds(("dense", (0.472, 0.241, 0.032, 0.432), (0.678, 0.535, 0.330, 0.618)),
+                          ("inpaint", (0.522, 0.270, 0.081, 0.350), (0.654, 0.471, 0.249, 0.592)),
+                          ("sr", (0.417, 0.456, 0.182, 0.534), (0.551, 0.553, 0.351, 0.626)))),
 }
 
 
-if __name__ == "__main__":       # measure every case (the figures of the expectations above)
+if __name__ == "__main__":       # measure every case (the figures of the expectations above); --seeds: over 1-5
     import sys
     import time
 
     torch.set_num_threads(1)
-    only = sys.argv[1].split(",") if len(sys.argv) > 1 else list(CASES)
+    args = [a for a in sys.argv[1:] if a != "--seeds"]
+    seeds = range(1, 6) if "--seeds" in sys.argv else (1,)
+    only = args[0].split(",") if args else list(CASES)
+    keys = ("mean_error", "spread", "spread_top", "spread_bottom")
     for name in only:
         for pname in CASES[name].problems:
             t0 = time.perf_counter()
-            s = stats(name, pname)
-            print(f"{name:16s} {pname:8s} mean_error {s['mean_error']:7.3f} spread {s['spread']:7.3f} "
-                  f"top {s['spread_top']:7.3f} bottom {s['spread_bottom']:7.3f}  {time.perf_counter() - t0:5.1f} s",
-                  flush=True)
+            rows = [[stats(name, pname, seed)[k] for k in keys] for seed in seeds]
+            low, high = ([round(f(col), 3) for col in zip(*rows)] for f in (min, max))
+            figures = dict(zip(keys, low)) if len(seeds) == 1 else f"lowest {low} highest {high}"
+            print(f"{name:16s} {pname:8s} {figures}  {time.perf_counter() - t0:5.1f} s", flush=True)
 
 
 class _TwiceTheData(EnKG):
@@ -271,14 +296,6 @@ class _TwiceTheLikelihood:
 
 
 class _MCGdiffTwice(_TwiceTheLikelihood, MCGdiff):
-    pass
-
-
-class _TDSTwice(_TwiceTheLikelihood, TDS):
-    pass
-
-
-class _FPSSMCTwice(_TwiceTheLikelihood, FPSSMC):
     pass
 
 
@@ -306,10 +323,12 @@ DOUBLED: dict[str, Callable[[pc.Problem], object]] = {
     "DPG": lambda p: DPG(num_steps=100, num_mc_samples=16, batch_size=None, guidance_scale=200.0),
     "DPSGSG": lambda p: DPSGSG(num_steps=100, num_queries=16, batch_size=None, guidance_scale=0.6),
     "DPSGSG-forward": lambda p: DPSGSG(num_steps=100, num_queries=16, batch_size=None, guidance_scale=0.6, central=False),
-    # the SMC samplers: no step size; the likelihood they weight by counted twice
+    # the SMC samplers: no step size; the likelihood they weight by counted twice. For TDS and FPS-SMC the change
+    # (data directions 1 / sqrt(2) narrower) is smaller here than their seed-to-seed spread (measured: TDS twice,
+    # bottom 0.50 / 0.59 / 0.92 on dense / inpaint / sr, inside the 5 seeds' 0.55-0.96, 0.73-0.96, 0.89-0.93;
+    # FPS-SMC 0.35 / 0.34 / 0.60 against 0.43-0.62, 0.41-0.59, 0.54-0.62); tests/test_smc.py catches TDS's on
+    # the Gaussian of its part (c), and FPS-SMC's mis-weighted observations in its part (e).
     "MCGdiff": lambda p: _MCGdiffTwice(num_steps=1000),
-    "TDS": lambda p: _TDSTwice(num_steps=1000),
-    "FPSSMC": lambda p: _FPSSMCTwice(),
 }
 
 
