@@ -12,7 +12,8 @@ measured, each end widened by 10 %. Some figures also move with the machine: the
 eigenvalues and the dense operator's full SVD a 192-dimensional null space, and the bases LAPACK returns for them
 (which the seeded draws of the instance and of some samplers go through) change with the last bits of the
 arithmetic (two machines drew different instances, and even the allocation history of one process moves them);
-the SMC bands span 5 seeds measured on two such draws. An exact sampler would have mean error 0 and spreads 1; the
+the SMC bands span 5 seeds measured on two such draws, and the mean errors on dense of DPS, DDRM, DiffPIR, PiGDM
+(both), PnP-DM and DDNM the larger of two (their bias depends on the null space's basis). An exact sampler would have mean error 0 and spreads 1; the
 comment of each entry says why it is not.
 ``run(name, problem)`` is cached, so the mutation tests reuse the draws of the exact tests.
 """
@@ -116,25 +117,25 @@ CASES: dict[str, Case] = {
     # guidance step of fixed length zeta grad||r|| (a unit vector) that never shrinks to the posterior's width:
     # the data-determined directions jitter by zeta |A| (45x their posterior std on the dense operator, whose
     # singular values reach 6), while prior-determined directions come out 20-30 % narrow.
-    "DPS": Case(lambda p: DPS(num_steps=200), _b(("dense", 0.771, 10.98, 0.778, 43.72),
+    "DPS": Case(lambda p: DPS(num_steps=200), _b(("dense", 1.068, 10.98, 0.778, 43.72),
                                                  ("inpaint", 0.440, 0.590, 0.721, 0.255),
                                                  ("sr", 0.213, 0.725, 0.846, 0.758))),
     # DDRM (Kawar et al. 2022), the published 20 steps, eta 0.85, eta_b 1: each spectral coordinate follows its own
     # chain, pinned to ybar while the level is above its noise, so prior correlations between observed coordinates
     # are ignored (large bias on the dense operator, small on pooling); eta < 1 shrinks the null space.
-    "DDRM": Case(lambda p: DDRM(), _b(("dense", 2.285, 2.511, 1.773, 5.349), ("inpaint", 1.161, 1.493, 2.000, 0.403),
+    "DDRM": Case(lambda p: DDRM(), _b(("dense", 2.910, 2.511, 1.773, 5.349), ("inpaint", 1.161, 1.493, 2.000, 0.403),
                                       ("sr", 0.317, 0.703, 0.799, 0.374))),
     # DiffPIR (Zhu et al. 2023), the shipped 100 quad steps, lambda 1.75 (= 7 on [0, 1]), zeta 0.3: half-quadratic
     # splitting is an optimiser with re-noising, not a sampler; the re-noising overspreads prior directions.
-    "DiffPIR": Case(lambda p: DiffPIR(), _b(("dense", 0.665, 1.307, 1.845, 1.018), ("inpaint", 0.399, 1.126, 1.824, 0.825),
+    "DiffPIR": Case(lambda p: DiffPIR(), _b(("dense", 0.909, 1.307, 1.845, 1.018), ("inpaint", 0.399, 1.126, 1.824, 0.825),
                                             ("sr", 0.170, 0.958, 1.006, 0.851))),
     # PiGDM (Song et al. 2023), 100 DDIM steps, eta 1, the exact Tweedie form: exact for a white prior
     # (tests/test_samplers_a.py); here p(x0 | x_t) has this prior's anisotropic covariance, not r_t^2 I.
-    "PiGDM": Case(lambda p: PiGDM(), _b(("dense", 0.811, 1.283, 1.791, 1.668), ("inpaint", 0.484, 0.956, 1.640, 0.705),
+    "PiGDM": Case(lambda p: PiGDM(), _b(("dense", 1.049, 1.283, 1.791, 1.668), ("inpaint", 0.484, 0.956, 1.640, 0.705),
                                         ("sr", 0.201, 0.780, 0.935, 0.685))),
     # PiGDM with the reference code's adaptive weights: weaker guidance at high noise, narrower draws.
     "PiGDM-reference": Case(lambda p: PiGDM(guidance="reference"),
-                            _b(("dense", 0.236, 0.795, 1.148, 0.843), ("inpaint", 0.164, 0.685, 0.897, 0.676),
+                            _b(("dense", 0.349, 0.795, 1.148, 0.843), ("inpaint", 0.164, 0.685, 0.897, 0.676),
                                ("sr", 0.102, 0.669, 0.810, 0.672))),
     # DAPS (Zhang et al. 2025) with the Bayesian data term (tau = None), 25 levels x 40 Langevin steps at lr 2.5e-4
     # (the published 200 x 100 at lr 1e-4 takes 20 s here; the same Langevin time per level): p(x0 | x_t, y) is
@@ -163,7 +164,7 @@ CASES: dict[str, Case] = {
     # where the target p(x) N(y; A x, sigma^2 + rho^2 A A^T) is far wider than the posterior): asymptotically
     # exact, what is left is rho_min and the 50-step prior solve.
     "PnPDM": Case(lambda p: PnPDM(num_iters=60, rho_min=0.02, num_diffusion_steps=50),
-                  _b(("dense", 0.277, 1.153, 1.373, 1.542), ("inpaint", 0.181, 1.077, 1.192, 1.071),
+                  _b(("dense", 0.414, 1.153, 1.373, 1.542), ("inpaint", 0.181, 1.077, 1.192, 1.071),
                      ("sr", 0.091, 1.010, 1.010, 0.999))),
     # Posterior SDE (the DPS likelihood in the reverse SDE, weight sqrt(d_y) / sigma_y): close, but the Tweedie point
     # likelihood is overconfident at high noise (narrow data directions on the dense operator).
@@ -200,7 +201,7 @@ CASES: dict[str, Case] = {
     # DDNM+ (Wang et al. 2023), the reference's 100 steps, eta 0.85, no time travel: with noisy data and an SVD its
     # per-coordinate noise handling is DDRM's update with eta_b = 1 (draw for draw, tests/test_ddnm_lgd.py), so it
     # shares DDRM's bias: prior correlations between observed coordinates are ignored, eta < 1 narrows.
-    "DDNM": Case(lambda p: DDNM(), _b(("dense", 0.595, 1.121, 1.538, 1.600), ("inpaint", 0.344, 0.856, 1.395, 0.577),
+    "DDNM": Case(lambda p: DDNM(), _b(("dense", 0.892, 1.121, 1.538, 1.600), ("inpaint", 0.344, 0.856, 1.395, 0.577),
                                       ("sr", 0.096, 0.709, 0.847, 0.607))),
     # DPG (Tang et al. 2024) on 100 steps of the "vp" grid with 16 policy-gradient draws, B = 100: the guidance is a
     # step of fixed length B along a noisy 16-draw estimate, so it never shrinks to the posterior's width (wide data
