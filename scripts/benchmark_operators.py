@@ -110,7 +110,7 @@ def ns_step_ratio(resolution: int, batch: int, device, horizon: float = 1.0, rep
     w0 = (_inputs(op, batch, device)[:, 0] * op.scale)
     _, steps = solver.solve(w0, horizon, return_steps=True)
     mean_steps = float(steps.double().mean())
-    chunk = solver.chunk_size or (batch if device.type != "cpu" else max(1, 2**16 // resolution**2))
+    chunk = solver.chunk(batch, device)
     cols = solver._spectral(w0.dtype, w0.device).cols
     full, pruned = _ffts(batch, chunk, resolution, None, device), _ffts(batch, chunk, resolution, cols, device)
     calls = max(1, round(mean_steps))

@@ -225,8 +225,7 @@ class NavierStokes2DSolver:
         out.addcmul_(flux_hat[:, 1], spec.neg_div[1])
         if not speed:
             return out
-        ux, uy = vel.detach().unbind(1)
-        return out, (ux * ux).addcmul_(uy, uy).amax(dim=(-2, -1)).sqrt()
+        return out, _max_speed(*vel.detach().unbind(1))
 
     def _inv_cfl_step(self, speed: Tensor) -> Tensor:
         """1 / (the reference's bound min(cfl h / max|u|, cfl h^2 / mu)), per sample (float64, on the device);
@@ -262,6 +261,12 @@ class NavierStokes2DSolver:
         explicit.addcmul_(d_dt, rhs1 + rhs2, value=0.5)                                # (4b)
         return w_next
 
+    def chunk(self, batch: int, device) -> int:
+        """Samples advanced together for a batch on ``device`` (``chunk_size``, or its default)."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return batch if torch.device(device).type != "cpu" else max(1, 2**16 // self.resolution**2)
+
     def solve(self, w0: Tensor, t: float, return_steps: bool = False):
         """Evolve ``w0`` ``[B, N, N]`` for time ``t``; returns ``w(t)`` (and the per-sample step counts, a CPU long tensor ``[B]``)."""
         n = self.resolution
@@ -279,17 +284,16 @@ class NavierStokes2DSolver:
             steps = torch.zeros(batch, dtype=torch.long)
             return (w0.clone(), steps) if return_steps else w0.clone()
         spec = self._spectral(w0.dtype, w0.device)
-        chunk = self.chunk_size
-        if chunk is None:
-            chunk = batch if w0.device.type != "cpu" else max(1, 2**16 // n**2)
+        chunk = self.chunk(batch, w0.device)
         if self.dt is None:
             w_hat, steps = self._solve_adaptive(w0, float(t), spec, chunk)
             out = torch.fft.irfft2(w_hat, s=(n, n))
         else:
-            outs = [torch.fft.irfft2(self._solve_fixed(torch.fft.rfft2(w0[i:i + chunk]), float(t), spec), s=(n, n))
-                    for i in range(0, batch, chunk)]
+            num = self._fixed_steps(float(t))
+            outs = [torch.fft.irfft2(self._solve_fixed(torch.fft.rfft2(w0[i:i + chunk]), float(t) / num, num, spec),
+                                     s=(n, n)) for i in range(0, batch, chunk)]
             out = torch.cat(outs) if len(outs) > 1 else outs[0]
-            steps = torch.full((batch,), self._fixed_steps(float(t)), dtype=torch.long)
+            steps = torch.full((batch,), num, dtype=torch.long)
         if not torch.isfinite(out).all():
             raise RuntimeError(
                 f"NavierStokes2DSolver: the solution is not finite (the flow blew up) from an initial field with "
@@ -304,9 +308,7 @@ class NavierStokes2DSolver:
             raise RuntimeError(f"NavierStokes2DSolver: {num} steps of dt = {self.dt} exceed max_steps = {self.max_steps}.")
         return num
 
-    def _solve_fixed(self, w_hat: Tensor, t: float, spec: _Spectral) -> Tensor:
-        num = self._fixed_steps(t)
-        dt = t / num
+    def _solve_fixed(self, w_hat: Tensor, dt: float, num: int, spec: _Spectral) -> Tensor:
         for _ in range(num):
             w_hat = self._step(w_hat, dt, self._rhs(w_hat[..., :spec.cols], spec), spec)
         return w_hat
@@ -322,7 +324,8 @@ class NavierStokes2DSolver:
         check_every = 1 if device.type == "cpu" else 16
         cap = self.max_steps
         if cap is None:                                         # one host read
-            cap = self.step_cap(t) if self._forced else self.step_cap(t, _max_speed(self.velocity(w0.detach())))
+            speed0 = None if self._forced else float(_max_speed(*self.velocity(w0.detach())).max())
+            cap = self.step_cap(t, speed0)
         entering = min(chunk, batch)
         active = torch.arange(entering, device=device)         # original indices of the running samples
         w_hat = torch.fft.rfft2(w0[:entering])
@@ -371,9 +374,9 @@ class NavierStokes2DSolver:
         return w_all[order], torch.cat(done_steps)[order].cpu()
 
 
-def _max_speed(velocity: tuple[Tensor, Tensor]) -> float:
-    ux, uy = velocity
-    return float((ux * ux + uy * uy).amax().sqrt())
+def _max_speed(ux: Tensor, uy: Tensor) -> Tensor:
+    """max |u| over the grid, per sample ``[B]``."""
+    return (ux * ux).addcmul_(uy, uy).amax(dim=(-2, -1)).sqrt()
 
 
 def _amplitude(w: Tensor) -> str:
