@@ -13,7 +13,7 @@
 
 What is measured, not assumed (``python tests/test_smc.py NAME THREADS`` prints the figures): TDS meets (b) and (c)
 (SW / exact at N = 4096: d_y 1 [1.73, 3.68, 0.5, 0.6, 1.14], d_y 2 all <= 1.7, d_y 4 all <= 1.39). MCGdiff meets (c)
-and its median SW falls with N (the default-suite part of (b) for it), but at N = 4096 only 2, 3 and 3 of the 5 seeds are
+and its median SW falls with N, but at N = 4096 only 2, 3 and 3 of the 5 seeds are
 within 2x for d_y = 1, 2, 4 (worst 12x, 2.2x, 11x): its N draws come from one particle system that resamples every
 few tens of steps, so they share ancestors and their Monte Carlo error is several times that of N independent draws
 (the paper's mixture experiment draws every sample from its own particle system). With that protocol
@@ -243,9 +243,7 @@ def gmm_distances(make, dy: int, seed: int, n: int, num_projections: int = 1000,
     return sw(out), sw(exact)
 
 
-def convergence_violations(make, dys=DYS, seeds=SEEDS, sizes=SIZES, draws: int | None = None,
-                           within_twice: bool = True) -> list[str]:
-    """The median SW over the seeds falls with N; with ``within_twice``, also SW / exact SW <= 2 at the largest N."""
+def convergence_violations(make, dys=DYS, seeds=SEEDS, sizes=SIZES, draws: int | None = None) -> list[str]:
     bad = []
     for dy in dys:
         rows = {n: [gmm_distances(make, dy, s, n, draws=draws) for s in seeds] for n in sizes}
@@ -254,8 +252,6 @@ def convergence_violations(make, dys=DYS, seeds=SEEDS, sizes=SIZES, draws: int |
         medians = [statistics.median(sw for sw, _ in rows[n]) for n in sizes]
         if not all(a > b for a, b in zip(medians, medians[1:])):
             bad.append(f"d_y {dy}: median SW over the seeds does not fall with N {list(sizes)}: {medians}")
-        if not within_twice:
-            continue
         ratios = [sw / ex for sw, ex in rows[sizes[-1]]]
         need = len(seeds) - 1 if len(seeds) == 5 else len(seeds)
         if sum(r <= 2 for r in ratios) < need:
@@ -270,15 +266,15 @@ MCG_SHORT = pytest.mark.xfail(strict=True, reason="MCGdiff's single particle sys
                                                   "(measured: 2-3 of 5 seeds within 2x, see the module docstring)")
 
 
-@pytest.mark.parametrize("name", ["MCGdiff", "TDS", pytest.param("FPSSMC", marks=FPS_BIASED)])
+# MCGdiff's one system is not in the default suite: its SW ratio at N = 4096 is a draw of its mode-weight error
+# (d_y 4, seeds 0-4: 1.73, 1.19, 1.46, 2.02, 11.2; seed 1 gave 2.23 on another CPU), and the fall with N alone does
+# not catch it without its weights (measured); the full grid records it (MCG_SHORT), and the default suite holds its
+# independent systems to the exact draws (test_mcgdiff_independent_systems_beat_the_proposal_default_suite).
+@pytest.mark.parametrize("name", ["TDS", pytest.param("FPSSMC", marks=FPS_BIASED)])
 def test_sliced_wasserstein_falls_with_particles_default_suite(name):
-    """Small version: d_y = 4, seeds 0 and 1, N = 256 and 4096 (TDS with 200 steps). MCGdiff's one system is held to
-    the fall only: its ratio at N = 4096 is a draw of its mode-weight error (d_y 4, seeds 0-4: 1.73, 1.19, 1.46,
-    2.02, 11.2; seed 1 moved from 1.19 to 2.23 with the last bits of another CPU's arithmetic), which is why the
-    full grid marks it ``MCG_SHORT``; with independent systems it meets the ratio (the tests below)."""
-    fast = {"MCGdiff": lambda: MCGdiff(num_steps=1000), "TDS": lambda: TDS(num_steps=200, data_variance=130.0),
-                    "FPSSMC": lambda: FPSSMC(num_steps=200)}[name]
-    bad = convergence_violations(fast, dys=(4,), seeds=(0, 1), sizes=(256, 4096), within_twice=name != "MCGdiff")
+    """Small version: d_y = 4, seeds 0 and 1, N = 256 and 4096 (TDS with 200 steps)."""
+    fast = {"TDS": lambda: TDS(num_steps=200, data_variance=130.0), "FPSSMC": lambda: FPSSMC(num_steps=200)}[name]
+    bad = convergence_violations(fast, dys=(4,), seeds=(0, 1), sizes=(256, 4096))
     assert not bad, bad
 
 
